@@ -1,0 +1,388 @@
+"""Swatch's configuration: frozen pydantic-settings models read from ``SWATCH_*`` variables.
+
+Sources, strongest first: keyword arguments (tests, the CLI), ``SWATCH_*`` environment variables,
+an optional YAML file named by ``SWATCH_CONFIG_FILE`` (same nesting as the models: ``kafka:
+{bootstrap: ...}``), then the defaults below.
+
+Every variable is ``SWATCH_<SECTION>_<FIELD>`` in upper case, derived in one place
+(:func:`env_var_name`) and listed by :data:`ENV_VARS`; ``swatch config env`` prints them with their
+descriptions. Lists are comma-separated (or a JSON array), mappings are ``key=value`` pairs
+separated by commas (or a JSON object). Invalid values raise :class:`ConfigError` naming the
+variable and what it expects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from streams.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "SWATCH_"
+CONFIG_FILE_VAR = "SWATCH_CONFIG_FILE"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Where the Kafka cluster is and how to authenticate to it."""
+
+    bootstrap: str | None = Field(
+        None,
+        description="Kafka bootstrap servers, host:port[,host:port...]. Unset: `swatch demo` and `swatch dev up` "
+        "start an embedded broker; the worker requires it.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; required when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_ca_location: str | None = Field(
+        None, description="Path of the CA bundle that signed the brokers' certificates."
+    )
+    ssl_certificate_location: str | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_key_location: str | None = Field(None, description="Client private key for mutual TLS.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client private key (secret).")
+    client_id: str = Field("swatch", min_length=1, description="client.id prefix shown in broker logs and quotas.")
+    group_id: str = Field("swatch-worker", min_length=1, description="Consumer group of the worker.")
+    session_timeout_ms: int = Field(
+        45_000, ge=1_000, le=300_000, description="Consumer session.timeout.ms; tests use a few seconds."
+    )
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties passed through unchanged, e.g. "
+        "'socket.keepalive.enable=true,client.rack=eu-west-1a'.",
+    )
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{server.strip()!r} is not host:port; write e.g. kafka-0.kafka:9092,kafka-1.kafka:9092"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                env_var_name("kafka", name)
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"security protocol {self.security_protocol} needs SASL credentials: set {', '.join(missing)}"
+                )
+        return self
+
+
+class RegistrySettings(_Section):
+    """The Confluent-compatible schema registry, if any."""
+
+    url: str | None = Field(
+        None,
+        description="Schema registry URL. Unset: events use Avro single-object encoding (schema fingerprint "
+        "header); set: the Confluent wire format (magic byte + schema id). mock:// URLs use an in-memory registry.",
+    )
+    basic_auth: SecretStr | None = Field(None, description="Registry credentials as user:password (secret).")
+    auto_register: bool = Field(
+        True, description="Register schemas on first use; set false where schemas are registered by CI only."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https", "mock"):
+            raise ValueError("must be an http(s):// URL (or mock:// for an in-memory registry)")
+        return value
+
+
+class RedisSettings(_Section):
+    """The prediction cache."""
+
+    url: str | None = Field(
+        None,
+        description="Redis URL (redis://, rediss:// or unix://). Unset: `swatch demo` and `swatch dev up` start "
+        "an embedded redis-server.",
+    )
+    ttl_s: int = Field(30 * 24 * 3600, ge=1, description="Seconds a cached prediction lives.")
+    timeout_ms: int = Field(
+        100, ge=1, le=60_000, description="Per-call Redis timeout; a slower Redis counts as a cache miss (fail open)."
+    )
+    key_prefix: str = Field("swatch:pred:", description="Prefix of every cache key.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://redis:6379/0")
+        return value
+
+
+class TopicSettings(_Section):
+    """Topic names and how `swatch topics create` makes them."""
+
+    listings: str = Field("listings", min_length=1, description="Input: listing events.")
+    attributes: str = Field(
+        "listing-attributes", min_length=1, description="Output: attribute events (compacted, key = listing id)."
+    )
+    review: str = Field("listing-attributes-review", min_length=1, description="Output: review requests.")
+    decisions: str = Field("review-decisions", min_length=1, description="Reviewers' decisions.")
+    dlq: str = Field("listings-dlq", min_length=1, description="Dead letters: input that could not be processed.")
+    partitions: int = Field(6, ge=1, le=10_000, description="Partitions for topics that `swatch topics create` makes.")
+    replication: int = Field(
+        -1, ge=-1, le=32, description="Replication factor for new topics; -1 uses the broker's default."
+    )
+
+
+class ModelSettings(_Section):
+    """Which model the worker serves and how it decides."""
+
+    dir: Path | None = Field(None, description="Model directory (weights + model_card.json). Unset: the demo model.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Inference device; auto picks CUDA when present."
+    )
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="Per-attribute acceptance thresholds overriding the model card, e.g. 'colour=0.8,pattern=0.9'.",
+    )
+
+
+class BatchSettings(_Section):
+    """Micro-batching of images for the model."""
+
+    max_size: int = Field(32, ge=1, le=1024, description="Largest micro-batch sent to the model.")
+    max_wait_ms: int = Field(
+        20, ge=0, le=10_000, description="Longest a non-full batch waits for more images before it is run."
+    )
+    max_in_flight: int = Field(
+        512, ge=1, le=100_000, description="Listings in flight before partitions are paused (backpressure)."
+    )
+
+
+class FetchSettings(_Section):
+    """Limits of the image fetcher."""
+
+    connect_timeout_s: float = Field(3.0, gt=0, le=120, description="TCP/TLS connect timeout per attempt.")
+    total_timeout_s: float = Field(10.0, gt=0, le=600, description="Whole-download timeout per attempt.")
+    max_bytes: int = Field(
+        10 * 2**20, ge=1024, le=2**30, description="Largest image accepted, enforced while streaming."
+    )
+    max_redirects: int = Field(3, ge=0, le=20, description="Redirect hops followed; each hop is re-checked.")
+    retries: int = Field(2, ge=0, le=10, description="Retries for transient failures (timeouts, 429, 5xx).")
+    per_host_concurrency: int = Field(8, ge=1, le=1024, description="Concurrent downloads per image host.")
+    allow_networks: tuple[IPvAnyNetwork, ...] = Field(
+        (),
+        description="Private networks the SSRF guard lets through, as CIDRs, e.g. '127.0.0.0/8' for a local "
+        "image server. Empty: only globally routable addresses.",
+    )
+
+
+class LogSettings(_Section):
+    """Logging of the long-running commands."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["json", "text"] = Field("json", description="json for log shippers, text for people.")
+
+
+class Settings(BaseSettings):
+    """All of Swatch's configuration, resolved from keywords, environment, YAML file and defaults."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    model: ModelSettings = ModelSettings()
+    batch: BatchSettings = BatchSettings()
+    fetch: FetchSettings = FetchSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keywords, then SWATCH_* variables, then the YAML file: nothing else is read."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _SwatchEnvSource(settings_cls)]
+        config_file = os.environ.get(CONFIG_FILE_VAR)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved settings as plain data with every secret masked (for `swatch config show`)."""
+        data = self.model_dump(mode="json")
+        if self.redis.url:
+            data["redis"]["url"] = mask_url_password(self.redis.url)
+        return data
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One ``SWATCH_*`` variable: the setting it fills and what it means."""
+
+    name: str
+    section: str
+    field: str
+    description: str
+    secret: bool
+
+
+def env_var_name(section: str, field: str) -> str:
+    """The environment variable that sets ``section.field`` (the single naming rule)."""
+    return f"{ENV_PREFIX}{section}_{field}".upper()
+
+
+def _build_env_vars() -> dict[str, EnvVar]:
+    table: dict[str, EnvVar] = {}
+    for section, section_field in Settings.model_fields.items():
+        model = section_field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"settings section {section} must be a model")
+        for name, info in model.model_fields.items():
+            var = env_var_name(section, name)
+            table[var] = EnvVar(var, section, name, info.description or "", _is_secret(info))
+    return table
+
+
+def _is_secret(info: FieldInfo) -> bool:
+    return SecretStr in typing.get_args(info.annotation) or info.annotation is SecretStr
+
+
+ENV_VARS: Mapping[str, EnvVar] = _build_env_vars()
+_BY_PATH = {(var.section, var.field): var for var in ENV_VARS.values()}
+
+
+def _split_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _parse_env_value(var: EnvVar, raw: str) -> Any:
+    """Turn a variable's text into the shape its field expects (lists and mappings need parsing)."""
+    section_model = Settings.model_fields[var.section].annotation
+    annotation = section_model.model_fields[var.field].annotation  # type: ignore[union-attr]
+    origin = typing.get_origin(annotation)
+    if origin not in (dict, tuple, list):
+        return raw
+    text = raw.strip()
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{var.name}: not valid JSON ({exc.msg} at character {exc.pos}). {var.description}"
+            ) from exc
+    if origin is dict:
+        pairs: dict[str, str] = {}
+        for item in _split_list(text):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{var.name}: {item!r} is not key=value. {var.description}")
+            pairs[key.strip()] = value.strip()
+        return pairs
+    return _split_list(text)
+
+
+class _SwatchEnvSource(PydanticBaseSettingsSource):
+    """Reads exactly the variables in :data:`ENV_VARS` into the nested settings shape."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Not used: :meth:`__call__` builds the whole mapping at once."""
+        return None, field_name, False  # unused: __call__ builds the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, dict[str, Any]] = {}
+        for var in ENV_VARS.values():
+            raw = os.environ.get(var.name)
+            if raw is not None:
+                values.setdefault(var.section, {})[var.field] = _parse_env_value(var, raw)
+        return values
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Resolve the configuration, or raise :class:`ConfigError` with one line per bad setting."""
+    _warn_unknown_variables()
+    config_file = os.environ.get(CONFIG_FILE_VAR)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_FILE_VAR}={config_file}: no such file; point it at a YAML file or unset it")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, config_file)) from exc
+
+
+def _warn_unknown_variables() -> None:
+    # A warning, not an error: Kubernetes injects <SERVICE>_PORT style variables for every service in
+    # the namespace, and a service called swatch-redis would otherwise stop the worker from starting.
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX) and name not in ENV_VARS and name != CONFIG_FILE_VAR:
+            close = difflib.get_close_matches(name, list(ENV_VARS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; `swatch config env` lists the known ones"
+            logger.warning("ignoring unknown variable %s%s", name, hint)
+
+
+def _explain(exc: ValidationError, config_file: str | None) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        var = _BY_PATH.get((loc[0], loc[1])) if len(loc) >= 2 else None
+        if var is None:
+            where = ".".join(loc) or "settings"
+            origin = f" in {config_file}" if config_file else ""
+            lines.append(f"  {where}{origin}: {error['msg']}")
+            continue
+        shown = "<secret>" if var.secret else repr(error.get("input"))
+        origin = var.name if var.name in os.environ else f"{var.section}.{var.field} in {config_file or 'arguments'}"
+        lines.append(f"  {origin} = {shown}: {error['msg']}. Expected: {var.description} Fix it or unset {var.name}.")
+    return "\n".join(lines)
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password in a URL's user-info with asterisks, for display."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
