@@ -37,16 +37,37 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
 
-console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
+
+
+class _Consoles:
+    """Consoles made on first use per command, so they honour COLUMNS and redirections then."""
+
+    @property
+    def out(self) -> Console:
+        return Console()
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True)
+
+
+_io = _Consoles()
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells wrap instead of being cut with an ellipsis when the terminal is narrow."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        _io.err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(2) from exc
 
 
@@ -55,10 +76,10 @@ def _guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        _io.err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(2) from exc
     except SwatchError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _io.err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
 
 
@@ -92,21 +113,21 @@ def config_show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     """Print the resolved configuration, secrets masked."""
     data = _settings().redacted()
     if as_json:
-        console.print_json(json.dumps(data))
+        _io.out.print_json(json.dumps(data))
         return
-    table = Table("setting", "value", "variable", title="Swatch configuration")
+    table = _table("setting", "value", "variable", title="Swatch configuration")
     for var in ENV_VARS.values():
         table.add_row(f"{var.section}.{var.field}", json.dumps(data[var.section][var.field]), var.name)
-    console.print(table)
+    _io.out.print(table)
 
 
 @config_app.command("env")
 def config_env() -> None:
     """List every SWATCH_* variable with what it sets."""
-    table = Table("variable", "meaning", title=f"Swatch variables (a YAML file may be named by {CONFIG_FILE_VAR})")
+    table = _table("variable", "meaning", title=f"Swatch variables (a YAML file may be named by {CONFIG_FILE_VAR})")
     for var in ENV_VARS.values():
         table.add_row(var.name, var.description + (" [secret]" if var.secret else ""))
-    console.print(table)
+    _io.out.print(table)
 
 
 # -- topics -------------------------------------------------------------------------------------
@@ -130,12 +151,12 @@ def topics_create(
     def body() -> None:
         specs = topic_specs(settings.topics, partitions=partitions, replication=replication)
         results = create_topics(admin_config(settings.kafka), specs)
-        table = Table("topic", "partitions", "result", "purpose")
+        table = _table("topic", "partitions", "result", "purpose")
         for spec, result in zip(specs, results, strict=True):
             table.add_row(
                 result.name, str(result.partitions), "created" if result.created else result.note, spec.purpose
             )
-        console.print(table)
+        _io.out.print(table)
 
     _guarded(body)
 
@@ -147,13 +168,13 @@ def topics_create(
 def schemas_list() -> None:
     """Show each event's schema, fingerprint and released versions."""
     schemas = _guarded(SchemaSet)
-    table = Table("event", "record", "fingerprint (CRC-64-AVRO)", "released")
+    table = _table("event", "record", "fingerprint (CRC-64-AVRO)", "released")
     for name in SCHEMA_NAMES:
         current = schemas.current(name)
         releases = ", ".join(s.release for s in schemas.released(name)) or "-"
         table.add_row(name, current.full_name, current.fingerprint.hex(), releases)
-    console.print(table)
-    console.print(f"from {schemas.directory}")
+    _io.out.print(table)
+    _io.out.print(f"from {schemas.directory}")
 
 
 # -- dev and demo -------------------------------------------------------------------------------
@@ -170,18 +191,18 @@ def dev_up() -> None:
     def body() -> None:
         with services(settings) as endpoints:
             if not endpoints.embedded:
-                console.print("Kafka and Redis are both configured; nothing to start.")
+                _io.out.print("Kafka and Redis are both configured; nothing to start.")
                 return
-            console.print(f"[green]running[/green] {', '.join(endpoints.embedded)} (logs in {endpoints.workdir})")
-            console.print("In another shell:")
+            _io.out.print(f"[green]running[/green] {', '.join(endpoints.embedded)} (logs in {endpoints.workdir})")
+            _io.out.print("In another shell:")
             for name, value in endpoints.env().items():
-                console.print(f"export {name}={value}", highlight=False, soft_wrap=True)
-            console.print("Ctrl-C stops both.")
+                _io.out.print(f"export {name}={value}", highlight=False, soft_wrap=True)
+            _io.out.print("Ctrl-C stops both.")
             try:
                 threading.Event().wait()
             except KeyboardInterrupt:
-                console.print("stopping...")
-        console.print("stopped.")
+                _io.out.print("stopping...")
+        _io.out.print("stopped.")
 
     _guarded(body)
 
@@ -195,17 +216,17 @@ def demo(
 
     settings = _settings()
     _terminate_as_interrupt()
-    console.rule("Swatch demo: foundation smoke run")
+    _io.out.rule("Swatch demo: foundation smoke run")
 
     def report(step: str, detail: str) -> None:
-        console.print(f"[green]\u2713[/green] [bold]{step}[/bold]: {detail}", highlight=False)
+        _io.out.print(f"[green]\u2713[/green] [bold]{step}[/bold]: {detail}", highlight=False)
 
     try:
         summary = _guarded(lambda: run_demo(settings, report))
     except KeyboardInterrupt:
-        err_console.print("interrupted; embedded servers stopped")
+        _io.err.print("interrupted; embedded servers stopped")
         raise typer.Exit(130) from None
-    console.print(
+    _io.out.print(
         "[yellow]Not tagged:[/yellow] the streaming worker that tags listings is not built yet "
         "(issue 4); this run checked the broker, the codec and the cache only.",
         highlight=False,
@@ -213,7 +234,7 @@ def demo(
     if json_path is not None:
         payload: dict[str, Any] = asdict(summary)
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
-        console.print(f"summary written to {json_path}")
+        _io.out.print(f"summary written to {json_path}")
 
 
 def run() -> None:

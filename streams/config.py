@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,6 +82,10 @@ class KafkaSettings(_Section):
         "'socket.keepalive.enable=true,client.rack=eu-west-1a'.",
     )
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (mask_extra(value) if name == "extra" else value)
+
     @field_validator("bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str | None) -> str | None:
@@ -144,6 +148,10 @@ class RedisSettings(_Section):
         100, ge=1, le=60_000, description="Per-call Redis timeout; a slower Redis counts as a cache miss (fail open)."
     )
     key_prefix: str = Field("swatch:pred:", description="Prefix of every cache key.")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (mask_url_password(value) if name == "url" and value else value)
 
     @field_validator("url")
     @classmethod
@@ -254,6 +262,7 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         if self.redis.url:
             data["redis"]["url"] = mask_url_password(self.redis.url)
+        data["kafka"]["extra"] = mask_extra(self.kafka.extra)
         return data
 
 
@@ -375,6 +384,14 @@ def _explain(exc: ValidationError, config_file: str | None) -> str:
         origin = var.name if var.name in os.environ else f"{var.section}.{var.field} in {config_file or 'arguments'}"
         lines.append(f"  {origin} = {shown}: {error['msg']}. Expected: {var.description} Fix it or unset {var.name}.")
     return "\n".join(lines)
+
+
+_SECRET_WORDS = ("password", "secret", "token")
+
+
+def mask_extra(properties: Mapping[str, str]) -> dict[str, str]:
+    """Pass-through librdkafka properties with secret-looking values (passwords, secrets, tokens) masked."""
+    return {key: "****" if any(w in key.lower() for w in _SECRET_WORDS) else value for key, value in properties.items()}
 
 
 def mask_url_password(url: str) -> str:

@@ -43,6 +43,7 @@ class EmbeddedProcess:
     process: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    stop_signal: signal.Signals = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -61,10 +62,10 @@ class EmbeddedProcess:
             return ""
 
     def stop(self) -> None:
-        """Terminate the server, killing it if it does not exit within a few seconds."""
+        """Signal the server to stop, killing it if it does not exit within a few seconds."""
         if self.process.poll() is not None:
             return
-        self.process.terminate()
+        self.process.send_signal(self.stop_signal)
         try:
             self.process.wait(_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -80,13 +81,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # PR_SET_PDEATHSIG = 1: the kernel sends SIGTERM to the child when its parent dies.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)
+def _die_with_parent(signum: signal.Signals) -> Callable[[], None]:
+    def set_death_signal() -> None:  # pragma: no cover - runs in the child between fork and exec
+        # PR_SET_PDEATHSIG = 1: the kernel sends signum to the child when its parent dies.
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))
+
+    return set_death_signal
 
 
-def _spawn(name: str, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log_path: Path, stop_signal: signal.Signals) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(  # noqa: S603 - argv is built here from a located binary, no shell
             argv,
@@ -94,7 +97,7 @@ def _spawn(name: str, argv: list[str], log_path: Path) -> subprocess.Popen[bytes
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop the servers in order
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent(stop_signal) if sys.platform.startswith("linux") else None,  # noqa: PLW1509
         )
 
 
@@ -141,9 +144,13 @@ def _wait_until(ready: Callable[[], bool], server: EmbeddedProcess, timeout: flo
 
 
 def _kafka_ready(bootstrap: str) -> Callable[[], bool]:
+    host, _, port = bootstrap.rpartition(":")
+
     def ready() -> bool:
         from confluent_kafka.admin import AdminClient
 
+        # A plain connect first: cheap, and it fails at once while nothing listens yet.
+        socket.create_connection((host, int(port)), timeout=0.2).close()
         admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
         return bool(admin.list_topics(timeout=2).brokers)
 
@@ -166,13 +173,16 @@ def _start(
     command: Callable[[int], list[str]],
     address: Callable[[int], str],
     ready: Callable[[str], Callable[[], bool]],
+    *,
+    stop_signal: signal.Signals = signal.SIGTERM,
 ) -> EmbeddedProcess:
     """Start a server on a free port, retrying on a port race, and wait until it answers."""
     last_error: EmbeddedStackError | None = None
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
         log_path = workdir / f"{name}.log"
-        server = EmbeddedProcess(name, _spawn(name, command(port), log_path), address(port), log_path)
+        process = _spawn(command(port), log_path, stop_signal)
+        server = EmbeddedProcess(name, process, address(port), log_path, stop_signal)
         try:
             _wait_until(ready(server.address), server, _READY_TIMEOUT_S)
         except EmbeddedStackError as exc:
@@ -203,7 +213,9 @@ def start_kafka(workdir: Path) -> EmbeddedProcess:
             "memory://tansu/",
         ]
 
-    return _start("kafka", workdir, command, lambda port: f"127.0.0.1:{port}", _kafka_ready)
+    # Tansu drains open client connections for seconds on SIGTERM; SIGINT stops it at once, and its
+    # memory storage has nothing to flush.
+    return _start("kafka", workdir, command, lambda port: f"127.0.0.1:{port}", _kafka_ready, stop_signal=signal.SIGINT)
 
 
 def start_redis(workdir: Path) -> EmbeddedProcess:

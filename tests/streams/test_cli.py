@@ -1,0 +1,108 @@
+"""The swatch command: configuration display, schemas, and the foundation demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streams.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("SWATCH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("COLUMNS", "250")  # wide tables: assertions look for whole names
+
+
+def test_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWATCH_KAFKA_SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("SWATCH_REDIS_URL", "redis://u:redispw@cache:6379/0")
+    result = runner.invoke(app, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["kafka"]["sasl_password"] == "**********"
+    assert data["redis"]["url"] == "redis://u:****@cache:6379/0"
+    table = runner.invoke(app, ["config", "show"])
+    assert "hunter2" not in table.output and "redispw" not in table.output
+    assert "SWATCH_BATCH_MAX_WAIT_MS" in table.output
+
+
+def test_config_errors_exit_2_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWATCH_BATCH_MAX_WAIT_MS", "-5")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    assert "SWATCH_BATCH_MAX_WAIT_MS" in result.output
+
+
+def test_config_env_lists_every_variable() -> None:
+    from streams.config import ENV_VARS
+
+    result = runner.invoke(app, ["config", "env"])
+    assert result.exit_code == 0
+    for name in ENV_VARS:
+        assert name in result.output
+
+
+def test_schemas_list() -> None:
+    result = runner.invoke(app, ["schemas", "list"])
+    assert result.exit_code == 0
+    assert "io.swatch.events.ListingEvent" in result.output and "v1" in result.output
+
+
+@pytest.mark.integration
+def test_demo_against_configured_servers(
+    kafka_bootstrap: str,
+    redis_url: str,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SWATCH_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("SWATCH_REDIS_URL", redis_url)
+    monkeypatch.setenv("SWATCH_TOPICS_REPLICATION", "1")
+    for field in ("listings", "attributes", "review", "decisions", "dlq"):
+        monkeypatch.setenv(f"SWATCH_TOPICS_{field.upper()}", unique_name(field))
+    summary_path = tmp_path / "summary.json"
+    result = runner.invoke(app, ["demo", "--json", str(summary_path)])
+    assert result.exit_code == 0, result.output
+    assert "decoded intact" in result.output
+    assert "Not tagged" in result.output
+    summary = json.loads(summary_path.read_text())
+    assert summary["embedded"] == [] and summary["kafka_bootstrap"] == kafka_bootstrap
+    assert [s["step"] for s in summary["steps"]] == ["services", "topics", "listing", "cache", "stopped"]
+    assert summary["tagged"] == 0
+
+
+@pytest.mark.integration
+def test_demo_with_nothing_configured_leaves_no_process_behind(tmp_path: Path) -> None:
+    marker = f"demo-{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWATCH_")}
+    env["DEMO_TEST_MARKER"] = marker  # inherited by every child: lets us find leftovers
+    swatch = Path(sys.executable).parent / "swatch"
+    result = subprocess.run(
+        [str(swatch), "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    assert "embedded kafka, redis" in result.stdout
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes():
+                    leftovers.append((proc / "cmdline").read_bytes())
+            except OSError:
+                continue
+    assert leftovers == []
