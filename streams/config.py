@@ -64,13 +64,13 @@ class KafkaSettings(_Section):
         None, description="SASL mechanism; required when the protocol is SASL_*."
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
-    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
     ssl_ca_location: str | None = Field(
         None, description="Path of the CA bundle that signed the brokers' certificates."
     )
     ssl_certificate_location: str | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_key_location: str | None = Field(None, description="Client private key for mutual TLS.")
-    ssl_key_password: SecretStr | None = Field(None, description="Password of the client private key (secret).")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client private key.")
     client_id: str = Field("swatch", min_length=1, description="client.id prefix shown in broker logs and quotas.")
     group_id: str = Field("swatch-worker", min_length=1, description="Consumer group of the worker.")
     session_timeout_ms: int = Field(
@@ -122,7 +122,7 @@ class RegistrySettings(_Section):
         description="Schema registry URL. Unset: events use Avro single-object encoding (schema fingerprint "
         "header); set: the Confluent wire format (magic byte + schema id). mock:// URLs use an in-memory registry.",
     )
-    basic_auth: SecretStr | None = Field(None, description="Registry credentials as user:password (secret).")
+    basic_auth: SecretStr | None = Field(None, description="Registry credentials as user:password.")
     auto_register: bool = Field(
         True, description="Register schemas on first use; set false where schemas are registered by CI only."
     )
