@@ -42,6 +42,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def clean_swatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start from no SWATCH_* variables, whatever the developer's shell or CI exports."""
+    for name in list(os.environ):
+        if name.startswith("SWATCH_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a real broker: the configured one, else an embedded Tansu."""

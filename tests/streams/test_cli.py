@@ -19,10 +19,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SWATCH_"):
-            monkeypatch.delenv(name)
+def clean_env(clean_swatch_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "250")  # wide tables: assertions look for whole names
 
 

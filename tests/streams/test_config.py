@@ -13,14 +13,7 @@ from streams.config import CONFIG_FILE_VAR, ENV_VARS, Settings, env_var_name, lo
 from streams.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts from no SWATCH_* variables, whatever the developer's shell has."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("SWATCH_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_swatch_env")
 
 
 def test_defaults_need_no_configuration() -> None:
