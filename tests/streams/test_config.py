@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from streams.config import CONFIG_FILE_VAR, ENV_VARS, Settings, env_var_name, load_settings, mask_url_password
 from streams.errors import ConfigError
 
-
 pytestmark = pytest.mark.usefixtures("clean_swatch_env")
 
 
