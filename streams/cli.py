@@ -21,6 +21,7 @@ from streams.codec import SCHEMA_NAMES, SchemaSet
 from streams.config import CONFIG_FILE_VAR, ENV_VARS, Settings, load_settings
 from streams.errors import ConfigError, SwatchError
 from streams.kafka import admin_config
+from tagger import cli as tagger_cli
 
 app = typer.Typer(
     name="swatch",
@@ -36,6 +37,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
+tagger_cli.register(app)
 
 T = TypeVar("T")
 

@@ -1,0 +1,199 @@
+"""Model-side commands (`swatch synth`, `train`, `evaluate`, `predict`): thin wiring over tagger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tagger.errors import TaggerError
+
+
+def _fail(exc: TaggerError) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for images/ and manifest.csv.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of products.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same catalog.")] = 0,
+    missing_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of labels left blank.")] = 0.1,
+    noise_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of labels replaced by a wrong value.")] = 0.03,
+    split: Annotated[str | None, typer.Option(help="Split for every row (train/val/test); default 80/10/10.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering in parallel.")] = 1,
+) -> None:
+    """Render a synthetic product catalog (images + manifest) for training, tests and the demo."""
+    from tagger.synth import SynthConfig, generate_catalog
+
+    config = SynthConfig(n=n, seed=seed, missing_rate=missing_rate, noise_rate=noise_rate, split=split)
+    with _progress() as progress:
+        task = progress.add_task("rendering", total=n, info="")
+        try:
+            manifest = generate_catalog(
+                out, config, progress=lambda done, total: progress.update(task, completed=done), workers=workers
+            )
+        except TaggerError as exc:
+            raise _fail(exc) from exc
+    Console().print(f"wrote {n} products to {manifest}")
+
+
+def train(
+    data: Annotated[Path | None, typer.Option(help="Catalog manifest CSV.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Model directory to write.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML training config; flags override it.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="timm model name (default efficientnet_b0).")] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option(help="Start from timm's pretrained weights (needs internet).")
+    ] = None,
+    backbone_weights: Annotated[
+        str | None, typer.Option(help="Local backbone weights file (offline transfer).")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size (default 224).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (default 30).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-3).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Epochs without improvement before stopping.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, init and shuffling.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading processes.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in the card.")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version in the card.")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that passes this many seconds.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+) -> None:
+    """Train a multi-attribute tagger on a catalog manifest; keeps the best epoch by validation macro-F1."""
+    from tagger.train import TrainConfig
+    from tagger.train import train as run_training
+
+    try:
+        resolved = TrainConfig.resolve(
+            config,
+            data=str(data) if data else None,
+            out=str(out) if out else None,
+            backbone=backbone,
+            pretrained=pretrained,
+            backbone_weights=backbone_weights,
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            seed=seed,
+            workers=workers,
+            device=device,
+            name=name,
+            version=version,
+            time_budget_s=time_budget,
+        )
+        with _progress() as progress:
+            result = run_training(resolved, _ProgressReporter(progress), resume=resume)
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    Console().print(
+        f"best epoch {result.best_epoch}: validation mean macro-F1 {result.best_score:.4f}; "
+        f"model {result.model_id} in {result.model_dir} ({result.seconds:.0f}s)"
+    )
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Catalog manifest CSV.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Precision, recall and F1 per attribute and value on a manifest's split."""
+    from tagger.evaluate import evaluate_manifest
+
+    try:
+        result = evaluate_manifest(data, model, split, device)
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    table = Table("attribute", "macro F1", "weighted F1", "support", title=f"{result['model_id']} on {split}")
+    for head, scores in result["attributes"].items():
+        table.add_row(head, f"{scores['macro_f1']:.3f}", f"{scores['weighted_f1']:.3f}", str(scores["support"]))
+    Console().print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        Console().print(f"report written to {json_path}")
+
+
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
+    category: Annotated[
+        str | None, typer.Option(help="Category path, e.g. women/clothing/dresses; default all.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Print one JSON object per image with every applicable attribute's prediction."""
+    import torch
+
+    from tagger.predict import Predictor
+    from tagger.preprocess import ImageError
+
+    try:
+        predictor = Predictor.load(model, device)
+        group_obj = predictor.taxonomy.group_for(category) if category else None
+        if category and group_obj is None:
+            raise TaggerError(f"category {category!r} maps to no group of this model's taxonomy")
+        group = group_obj.name if group_obj else None
+        for path in images:
+            record: dict[str, Any] = {"image": str(path), "model_id": predictor.model_id}
+            try:
+                tensor = predictor.preprocess(path.read_bytes())
+            except (OSError, ImageError) as exc:
+                record["error"] = str(exc)
+            else:
+                record.update(predictor.predict(torch.stack([tensor]), [group])[0].to_dict())
+            typer.echo(json.dumps(record))
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add the model-side commands to the `swatch` command."""
+    for command in (synth, train, evaluate, predict):
+        app.command()(command)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+    )
+
+
+class _ProgressReporter:
+    """Draws the training loop's progress: one bar per epoch with loss, then a line of scores."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+        self.loss = 0.0
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, info="")
+
+    def batch_end(self, loss: float) -> None:
+        self.loss = loss if self.loss == 0.0 else 0.9 * self.loss + 0.1 * loss
+        self.progress.update(self.task, advance=1, info=f"loss {self.loss:.3f}")
+
+    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
+        mark = " (best)" if summary["best"] else ""
+        self.progress.update(
+            self.task, info=f"loss {summary['loss']:.3f} val macro-F1 {summary['val_macro_f1']:.4f}{mark}"
+        )

@@ -1,0 +1,122 @@
+"""Evaluation: run a model over a dataset and report precision, recall and F1 per head and value.
+
+The JSON report is ``{"model_id": ..., "split": ..., "attributes": {HEAD: {"macro_f1", "weighted_f1",
+"support", "per_value": {VALUE: {"precision", "recall", "f1", "support"}}}}}`` where HEAD is
+``group.attribute`` (the same attribute name can have different values in different groups).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from tagger.card import load_model
+from tagger.data import CatalogDataset, DataError, LabelEncoder, stratified_split
+from tagger.manifest import read_manifest
+from tagger.metrics import report_from_indicators, single_label_report
+from tagger.model import MultiHeadTagger
+from tagger.predict import default_model_dir, pick_device
+from tagger.taxonomy import Taxonomy
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: MultiHeadTagger,
+    dataset: CatalogDataset,
+    device: torch.device,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """All logits and targets per head for a dataset (in order)."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    logits: dict[str, list[torch.Tensor]] = {}
+    targets: dict[str, list[torch.Tensor]] = {}
+    done = 0
+    for batch, batch_targets in loader:
+        images = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(images)
+        for key, value in out.items():
+            logits.setdefault(key, []).append(value.float().cpu())
+            targets.setdefault(key, []).append(batch_targets[key])
+        done += len(images)
+        if progress:
+            progress(done, len(dataset))
+    return {k: torch.cat(v) for k, v in logits.items()}, {k: torch.cat(v) for k, v in targets.items()}
+
+
+def report(
+    logits: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    taxonomy: Taxonomy,
+    temperatures: dict[str, float] | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per head: macro and weighted F1, support and per-value precision/recall/F1 on labelled items."""
+    result: dict[str, dict[str, Any]] = {}
+    for key, _, attribute in taxonomy.heads():
+        target = targets[key]
+        temperature = (temperatures or {}).get(key, 1.0)
+        if attribute.multi_label:
+            present = target[:, 0] >= 0
+            if not present.any():
+                continue
+            probs = torch.sigmoid(logits[key][present] / temperature).numpy()
+            threshold = (thresholds or {}).get(key, 0.5)
+            predicted = probs >= threshold
+            # Every image shows at least one pattern: fall back to the most likely value.
+            empty = ~predicted.any(axis=1)
+            predicted[empty, probs[empty].argmax(axis=1)] = True
+            truth = target[present].numpy() > 0.5
+            result[key] = report_from_indicators(truth, predicted, attribute.values)
+        else:
+            present = target >= 0
+            if not present.any():
+                continue
+            predicted_idx = logits[key][present].argmax(dim=1).tolist()
+            result[key] = single_label_report(target[present].tolist(), predicted_idx, attribute.values)
+    return result
+
+
+def mean_macro_f1(per_head: dict[str, dict[str, Any]]) -> float:
+    """The model-selection score: the mean over heads of macro-F1."""
+    return float(np.mean([h["macro_f1"] for h in per_head.values()])) if per_head else 0.0
+
+
+def evaluate_manifest(
+    data: str | Path, model_dir: str | Path | None = None, split: str = "test", device: str = "auto"
+) -> dict[str, Any]:
+    """Evaluate a model directory (the demo model when None) on one split of a manifest.
+
+    Items without a split get the one the model's training run would have given them (same seed
+    and fractions), so ``--split test`` on the training manifest is the held-out part.
+    """
+    target = pick_device(device)
+    model, card = load_model(model_dir or default_model_dir(), target)
+    taxonomy = card.taxonomy_obj()
+    training = card.training or {}
+    items = stratified_split(
+        read_manifest(data),
+        taxonomy,
+        int(training.get("seed", 0)),
+        float(training.get("val_fraction", 0.1)),
+        float(training.get("test_fraction", 0.1)),
+    )
+    chosen = items if split == "all" else [i for i in items if i.split == split]
+    if not chosen:
+        raise DataError(f"{data}: no items in split {split!r}")
+    encoder = LabelEncoder(taxonomy)
+    dataset = CatalogDataset(chosen, Path(data).parent, encoder, card.preprocess_config())
+    logits, targets = collect_logits(model.to(memory_format=torch.channels_last), dataset, target)
+    return {
+        "model_id": card.model_id,
+        "split": split,
+        "items": len(dataset),
+        "attributes": report(logits, targets, taxonomy, card.temperatures, card.thresholds),
+    }

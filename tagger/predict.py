@@ -1,0 +1,146 @@
+"""The predictor: the one interface the stream (and `swatch predict`) uses to run a model.
+
+``Predictor.load(model_dir)`` rebuilds the model from its card on CUDA when present, else the CPU.
+``predict(batch, groups)`` takes a batch of images preprocessed with the card's preprocessing and
+returns, per image and applicable head, the probability of every value (temperature-scaled), the top
+value and its confidence, and for multi-label heads the values at or above the head's threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tagger.card import ModelCard, ModelCardError, load_model
+from tagger.preprocess import PreprocessConfig, preprocess
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models" / "demo"
+
+
+def default_model_dir() -> Path:
+    """The demo model shipped with Swatch (used wherever no model is named)."""
+    if not (DEMO_MODEL_DIR / "model_card.json").is_file():
+        raise ModelCardError(f"the demo model is missing from {DEMO_MODEL_DIR}; reinstall swatch or pass --model DIR")
+    return DEMO_MODEL_DIR
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when asked for or when present under ``auto``; otherwise the CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelCardError("SWATCH_MODEL_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@dataclass(frozen=True)
+class AttributePrediction:
+    """One head's answer for one image."""
+
+    group: str
+    name: str
+    probabilities: dict[str, float]
+    top: str
+    confidence: float
+    multi_label: bool
+    threshold: float
+    values: tuple[str, ...] = field(default=())  # multi-label: values at or above the threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        data: dict[str, Any] = {"top": self.top, "confidence": round(self.confidence, 6)}
+        if self.multi_label:
+            data["values"] = list(self.values)
+        data["threshold"] = self.threshold
+        data["probabilities"] = {k: round(v, 6) for k, v in self.probabilities.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """All applicable heads for one image, keyed ``group.attribute``."""
+
+    group: str | None
+    attributes: dict[str, AttributePrediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {"group": self.group, "attributes": {k: v.to_dict() for k, v in self.attributes.items()}}
+
+
+class Predictor:
+    """Runs a loaded model on preprocessed batches, in inference mode, channels-last, AMP on GPU."""
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard, device: torch.device) -> None:
+        self.card = card
+        self.device = device
+        self.model = model.to(device).to(memory_format=torch.channels_last).eval()
+        self.taxonomy = card.taxonomy_obj()
+        self.preprocess_config: PreprocessConfig = card.preprocess_config()
+        self._heads = {key: (group.name, attribute) for key, group, attribute in self.taxonomy.heads()}
+        self._temps = {key: card.temperature(key) for key in self._heads}
+        self._amp_dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
+        )
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, device: str = "auto") -> Predictor:
+        """Load a model directory (the demo model when None) onto CUDA or the CPU."""
+        target = pick_device(device)
+        model, card = load_model(model_dir or default_model_dir(), target)
+        logger.info("loaded model %s on %s", card.model_id, target)
+        return cls(model, card, target)
+
+    @property
+    def model_id(self) -> str:
+        """The loaded model's id (name@version+hash)."""
+        return self.card.model_id
+
+    def preprocess(self, data: bytes) -> torch.Tensor:
+        """Encoded image bytes to the model's input tensor, with the card's preprocessing."""
+        return preprocess(data, self.preprocess_config)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, groups: Sequence[str | None]) -> list[ImagePrediction]:
+        """Predictions for a (B, 3, S, S) batch; ``groups`` names each image's group (None = all heads)."""
+        if images.dim() != 4 or images.shape[0] != len(groups):
+            raise ValueError(f"expected a (B, 3, S, S) batch with one group per image, got {tuple(images.shape)}")
+        batch = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self._amp_dtype is not None:
+            with torch.autocast("cuda", dtype=self._amp_dtype):
+                logits = self.model(batch)
+        else:
+            logits = self.model(batch)
+        probs = {}
+        for key, (_, attribute) in self._heads.items():
+            scaled = logits[key].float() / self._temps[key]
+            probs[key] = (torch.sigmoid(scaled) if attribute.multi_label else torch.softmax(scaled, dim=1)).cpu()
+        return [self._image(i, group, probs) for i, group in enumerate(groups)]
+
+    def _image(self, i: int, group: str | None, probs: dict[str, torch.Tensor]) -> ImagePrediction:
+        attributes = {}
+        for key, (head_group, attribute) in self._heads.items():
+            if group is not None and head_group != group:
+                continue
+            row = probs[key][i].tolist()
+            best = max(range(len(row)), key=row.__getitem__)
+            threshold = self.card.threshold(key)
+            above = tuple(v for v, p in zip(attribute.values, row, strict=True) if p >= threshold)
+            attributes[key] = AttributePrediction(
+                group=head_group,
+                name=attribute.name,
+                probabilities=dict(zip(attribute.values, row, strict=True)),
+                top=attribute.values[best],
+                confidence=row[best],
+                multi_label=attribute.multi_label,
+                threshold=threshold,
+                values=above if attribute.multi_label else (),
+            )
+        return ImagePrediction(group, attributes)

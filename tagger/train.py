@@ -1,0 +1,358 @@
+"""Training: masked losses over available labels, AdamW + warm-up/cosine, early stopping, resume.
+
+Configuration comes from the defaults below, then an optional YAML file, then command-line
+overrides; the resolved configuration is written next to the checkpoint (``train_config.yaml``) and
+into the model card. The best epoch by validation mean macro-F1 is kept as the model directory;
+``checkpoint.pt`` (tensors and plain values only, loaded with ``weights_only=True``) makes a run
+resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader
+
+from tagger.card import ModelCard, read_card, save_model
+from tagger.data import CatalogDataset, LabelEncoder, stratified_split
+from tagger.errors import TaggerError
+from tagger.evaluate import collect_logits, mean_macro_f1, report
+from tagger.manifest import read_manifest
+from tagger.model import MultiHeadTagger
+from tagger.preprocess import PreprocessConfig
+from tagger.taxonomy import Taxonomy, load_taxonomy
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+RESOLVED_CONFIG = "train_config.yaml"
+
+
+class TrainError(TaggerError):
+    """Training cannot start or continue."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run; the resolved values are saved with the model."""
+
+    data: str = ""
+    out: str = ""
+    taxonomy: str | None = None
+    name: str = "swatch-tagger"
+    version: str = "0.1.0"
+    backbone: str = "efficientnet_b0"
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    image_size: int = 224
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.05
+    drop_rate: float = 0.2
+    patience: int = 6
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    workers: int = 2
+    device: str = "auto"
+    half_weights: bool = True
+    max_train_batches: int | None = None  # caps each epoch, for smoke tests
+    time_budget_s: float | None = None  # stop after the epoch that crosses this wall-clock budget
+
+    @classmethod
+    def resolve(cls, yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults, then the YAML file, then non-None overrides; unknown keys are an error."""
+        values: dict[str, Any] = {}
+        if yaml_path is not None:
+            try:
+                loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise TrainError(f"cannot read training config {yaml_path}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise TrainError(f"{yaml_path}: expected a mapping of setting to value")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise TrainError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        config = cls(**values)
+        if not config.data or not config.out:
+            raise TrainError("training needs --data MANIFEST and --out MODEL_DIR")
+        if config.epochs < 1 or config.batch_size < 1 or config.image_size < 32:
+            raise TrainError("epochs and batch_size must be >= 1 and image_size >= 32")
+        return config
+
+
+class Reporter(Protocol):
+    """What the training loop tells its caller (the CLI draws a progress bar from it)."""
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        """An epoch begins."""
+
+    def batch_end(self, loss: float) -> None:
+        """One optimisation step finished."""
+
+    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
+        """An epoch finished, with train loss, validation scores and whether it was the best."""
+
+
+class _Silent:
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch_end(self, loss: float) -> None:
+        pass
+
+    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
+        logger.info("epoch %d: %s", epoch, summary)
+
+
+@dataclass
+class TrainResult:
+    """Where the model went and how it scored."""
+
+    model_dir: Path
+    model_id: str
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    val: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def masked_loss(
+    logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], taxonomy: Taxonomy, label_smoothing: float
+) -> torch.Tensor:
+    """Mean over heads of each head's loss on the items that have its label (others are masked out)."""
+    losses = []
+    for key, _, attribute in taxonomy.heads():
+        target, out = targets[key], logits[key].float()
+        if attribute.multi_label:
+            present = target[:, 0] >= 0
+            if present.any():
+                losses.append(F.binary_cross_entropy_with_logits(out[present], target[present]))
+        else:
+            present = target >= 0
+            if present.any():
+                losses.append(F.cross_entropy(out[present], target[present], label_smoothing=label_smoothing))
+    if not losses:
+        return next(iter(logits.values())).sum() * 0.0  # a batch without labels: no gradient, no crash
+    return torch.stack(losses).mean()
+
+
+def _device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainError("--device cuda but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on biases and norm scales
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_datasets(
+    config: TrainConfig, taxonomy: Taxonomy, preprocess: PreprocessConfig
+) -> tuple[CatalogDataset, CatalogDataset, LabelEncoder]:
+    """Read the manifest, split it when needed, and decode the train and validation images."""
+    manifest = Path(config.data)
+    items = stratified_split(read_manifest(manifest), taxonomy, config.seed, config.val_fraction, config.test_fraction)
+    encoder = LabelEncoder(taxonomy)
+    train_items = [i for i in items if i.split == "train"]
+    val_items = [i for i in items if i.split == "val"]
+    if not train_items or not val_items:
+        raise TrainError(f"{manifest}: need both train and val items (got {len(train_items)} and {len(val_items)})")
+    threads = max(2, config.workers * 2)
+    root = manifest.parent
+    train_set = CatalogDataset(train_items, root, encoder, preprocess, train=True, threads=threads)
+    val_set = CatalogDataset(val_items, root, encoder, preprocess, train=False, threads=threads)
+    return train_set, val_set, encoder
+
+
+@dataclass
+class _Run:
+    """The live objects of one training run."""
+
+    model: MultiHeadTagger
+    loader: DataLoader[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    batches: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+
+
+def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -> _Run:
+    device = _device(config.device)
+    model = MultiHeadTagger(
+        taxonomy,
+        config.backbone,
+        pretrained=config.pretrained,
+        backbone_weights=config.backbone_weights,
+        drop_rate=config.drop_rate,
+    )
+    model = model.to(device).to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(train_set) > config.batch_size,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    batches = min(len(loader), config.max_train_batches or len(loader))
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = _schedule(optimizer, int(config.warmup_epochs * batches), config.epochs * batches)
+    return _Run(model, loader, batches, optimizer, scheduler, device)
+
+
+def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter: Reporter) -> float:
+    """One pass over the training data; returns the mean loss."""
+    run.model.train()
+    total, count = 0.0, 0
+    amp = run.device.type == "cuda"
+    for step, (batch, batch_targets) in enumerate(run.loader):
+        if step >= run.batches:
+            break
+        images = batch.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        targets = {k: v.to(run.device, non_blocking=True) for k, v in batch_targets.items()}
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = run.model(images)
+        loss = masked_loss(logits, targets, taxonomy, label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
+        run.optimizer.step()
+        run.scheduler.step()
+        total, count = total + float(loss), count + 1
+        reporter.batch_end(float(loss))
+    return total / max(1, count)
+
+
+def _save_checkpoint(run: _Run, state: dict[str, Any], path: Path) -> None:
+    payload = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "state": state,
+    }
+    torch.save(payload, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # a crash mid-write never leaves a half checkpoint
+
+
+def _resume(run: _Run, path: Path) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location=run.device, weights_only=True)
+        run.model.load_state_dict(checkpoint["model"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise TrainError(f"cannot resume from {path}: {exc}; delete it to start over") from exc
+    logger.info("resumed from %s after epoch %d", path, checkpoint["state"]["epoch"])
+    return dict(checkpoint["state"])
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: bool = False) -> TrainResult:
+    """Train a multi-head tagger as configured; returns the best model's directory and scores."""
+    reporter = reporter or _Silent()
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESOLVED_CONFIG).write_text(yaml.safe_dump(asdict(config), sort_keys=False), encoding="utf-8")
+    taxonomy = load_taxonomy(config.taxonomy)
+    preprocess = PreprocessConfig(image_size=config.image_size)
+    train_set, val_set, encoder = build_datasets(config, taxonomy, preprocess)
+    run = _setup(config, taxonomy, train_set)
+    logger.info("training on %d items, validating on %d, on %s", len(train_set), len(val_set), run.device)
+    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "stale": 0}
+    if resume and (out / CHECKPOINT).is_file():
+        state = _resume(run, out / CHECKPOINT)
+    card = ModelCard(
+        name=config.name,
+        version=config.version,
+        backbone=config.backbone,
+        taxonomy=taxonomy.to_dict(),
+        preprocessing=preprocess.to_dict(),
+        training=asdict(config),
+    )
+    best_val: dict[str, Any] = {}
+    for epoch in range(int(state["epoch"]) + 1, config.epochs + 1):
+        reporter.epoch_start(epoch, config.epochs, run.batches)
+        loss = _train_epoch(run, taxonomy, config.label_smoothing, reporter)
+        val = report(*collect_logits(run.model, val_set, run.device), taxonomy)
+        score = mean_macro_f1(val)
+        improved = score > float(state["best_score"])
+        if improved:
+            state.update(best_score=score, best_epoch=epoch, stale=0)
+            best_val = val
+            card.metrics = {"val": _summary(val), "best_epoch": epoch, "labels": _label_stats(encoder)}
+            card = save_model(run.model, card, out, half=config.half_weights)
+        else:
+            state["stale"] = int(state["stale"]) + 1
+        state["epoch"] = epoch
+        _save_checkpoint(run, state, out / CHECKPOINT)
+        lr = run.scheduler.get_last_lr()[0]
+        reporter.epoch_end(epoch, {"loss": loss, "val_macro_f1": score, "best": improved, "lr": lr})
+        if int(state["stale"]) >= config.patience:
+            logger.info("early stop: no improvement for %d epochs", config.patience)
+            break
+        if config.time_budget_s is not None and time.monotonic() - started > config.time_budget_s:
+            logger.warning("stopping after epoch %d: time budget of %.0fs spent", epoch, config.time_budget_s)
+            break
+    if not card.weights_sha256:
+        card = read_card(out)  # resumed after the last improvement: the saved best model stands
+    return TrainResult(
+        out,
+        card.model_id,
+        int(state["best_epoch"]),
+        float(state["best_score"]),
+        int(state["epoch"]),
+        best_val,
+        time.monotonic() - started,
+    )
+
+
+def _summary(per_head: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        key: {"macro_f1": round(h["macro_f1"], 4), "weighted_f1": round(h["weighted_f1"], 4), "support": h["support"]}
+        for key, h in per_head.items()
+    }
+
+
+def _label_stats(encoder: LabelEncoder) -> dict[str, Any]:
+    stats = encoder.stats
+    return {
+        "items": stats.items,
+        "no_group": stats.no_group,
+        "unreadable_images": stats.unreadable_images,
+        "unknown_labels": dict(stats.unknown_labels or {}),
+    }
