@@ -159,10 +159,41 @@ def predict(
         raise _fail(exc) from exc
 
 
+bench_app = typer.Typer(help="Measure speed: prints a table and writes JSON.", no_args_is_help=True)
+
+
+@bench_app.command("predict")
+def bench_predict(
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,64",
+    seconds: Annotated[float, typer.Option(help="Measuring time per batch size.")] = 3.0,
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path("bench-predict.json"),
+) -> None:
+    """Preprocessing and batched inference throughput of the predictor on this machine."""
+    from tagger.bench import bench_predict as run_bench
+    from tagger.predict import Predictor
+
+    try:
+        predictor = Predictor.load(model, device)
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
+    result = run_bench(predictor, sizes, seconds)
+    table = Table("batch size", "median batch ms", "images/s", title=f"{result['model_id']} on {result['device_name']}")
+    for row in result["inference"]:
+        table.add_row(str(row["batch_size"]), f"{row['median_batch_ms']:.1f}", f"{row['images_per_s']:.0f}")
+    Console().print(table)
+    Console().print(f"preprocessing: {result['preprocess_images_per_s_one_thread']:.0f} images/s on one thread")
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    Console().print(f"written to {json_path}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the model-side commands to the `swatch` command."""
     for command in (synth, train, evaluate, predict):
         app.command()(command)
+    app.add_typer(bench_app, name="bench")
 
 
 def _progress() -> Progress:
@@ -194,6 +225,7 @@ class _ProgressReporter:
 
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
         mark = " (best)" if summary["best"] else ""
-        self.progress.update(
-            self.task, info=f"loss {summary['loss']:.3f} val macro-F1 {summary['val_macro_f1']:.4f}{mark}"
-        )
+        line = f"loss {summary['loss']:.3f} val macro-F1 {summary['val_macro_f1']:.4f}{mark}"
+        self.progress.update(self.task, info=line)
+        if not self.progress.console.is_terminal:  # logs get one plain line per epoch
+            self.progress.console.print(f"epoch {epoch}: {line} lr {summary['lr']:.2e}", highlight=False)

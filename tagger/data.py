@@ -1,26 +1,27 @@
 """From a catalog manifest to training batches: label encoding, splits, decoding once, augmentation.
 
 Images are decoded and letterboxed once, with the same functions the stream uses, into one uint8
-tensor kept in shared memory; augmentation then works on those tensors each epoch (flip, small
-affine jitter with white fill, brightness/contrast only — hue and saturation would change the
-colour label). Targets are one tensor per head: the value index (single-label) or a multi-hot row
-(multi-label), with -1 where the label is missing or the head does not apply to the item's group.
+tensor kept in shared memory. Augmentation runs per batch on the training device
+(:func:`augment_batch`: per-image flip, small rotation/scale/shift with white fill, and
+brightness/contrast only, since hue and saturation would change the colour label), so data
+loading is only indexing. Targets are one tensor per head: the value index (single-label) or a
+multi-hot row (multi-label), with -1 where the label is missing or the head does not apply to the
+item's group.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from tagger.errors import TaggerError
 from tagger.manifest import CatalogItem
@@ -128,22 +129,58 @@ def _load_one(location: str, config: PreprocessConfig) -> np.ndarray | None:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def augmentation(config: PreprocessConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Training-time jitter on uint8 CHW tensors; never changes colour hue or crops the item away."""
-    return cast(
-        Callable[[torch.Tensor], torch.Tensor],
-        v2.Compose(
-            [
-                v2.RandomHorizontalFlip(),
-                v2.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.8, 1.05), fill=list(config.pad_colour)),
-                v2.ColorJitter(brightness=0.15, contrast=0.15),
-            ]
-        ),
+def augment_batch(
+    images: torch.Tensor,
+    config: PreprocessConfig,
+    generator: torch.Generator | None = None,
+    *,
+    degrees: float = 8.0,
+    scale: tuple[float, float] = (0.8, 1.05),
+    shift: float = 0.06,
+    light: float = 0.15,
+) -> torch.Tensor:
+    """Random per-image flip, rotation, scale, shift (white fill) and brightness/contrast; returns normalised floats.
+
+    ``images`` is a uint8 (B, 3, S, S) batch on any device; the work happens there, so a GPU run
+    spends no CPU time on augmentation.
+    """
+    b = images.shape[0]
+    device = images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator, device="cpu").to(device) * (high - low) + low
+
+    pad = torch.tensor(config.pad_colour, dtype=torch.float32, device=device).view(1, 3, 1, 1) / 255
+    x = images.float() / 255 - pad  # the pad colour becomes 0, so grid_sample's zero fill is pad-coloured
+    angle = uniform(-degrees, degrees) * torch.pi / 180
+    zoom = 1.0 / uniform(*scale)
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, uniform(-shift, shift) * 2], dim=1),
+            torch.stack([sin * flip, cos, uniform(-shift, shift) * 2], dim=1),
+        ],
+        dim=1,
     )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad
+    brightness = uniform(1 - light, 1 + light).view(b, 1, 1, 1)
+    contrast = uniform(1 - light, 1 + light).view(b, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean) * brightness
+    x = x.clamp(0, 1)
+    mean_t = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
 
 
 class CatalogDataset(Dataset[tuple[torch.Tensor, Targets]]):
-    """Decoded, letterboxed catalog images with their targets; augmented when ``train`` is set."""
+    """Decoded, letterboxed catalog images (uint8) with their targets.
+
+    Items come back as uint8 tensors when ``train`` is set (the training loop augments and
+    normalises whole batches with :func:`augment_batch`) and as normalised floats otherwise.
+    """
 
     def __init__(
         self,
@@ -157,7 +194,6 @@ class CatalogDataset(Dataset[tuple[torch.Tensor, Targets]]):
     ) -> None:
         self.config = config
         self.train = train
-        self.augment = augmentation(config) if train else None
         kept: list[CatalogItem] = []
         for item in items:
             if item.image.startswith(("http://", "https://")):
@@ -186,9 +222,8 @@ class CatalogDataset(Dataset[tuple[torch.Tensor, Targets]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Targets]:
         image = self.images[index]
-        if self.augment is not None:
-            image = self.augment(image)
-        return normalize_uint8(image, self.config), {key: t[index] for key, t in self.targets.items()}
+        targets = {key: t[index] for key, t in self.targets.items()}
+        return (image if self.train else normalize_uint8(image, self.config)), targets
 
     def sample_weights(self, head: str) -> torch.Tensor:
         """Per-item weights inversely proportional to the frequency of the item's value on ``head``."""

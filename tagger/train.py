@@ -22,7 +22,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from tagger.card import ModelCard, read_card, save_model
-from tagger.data import CatalogDataset, LabelEncoder, stratified_split
+from tagger.data import CatalogDataset, LabelEncoder, augment_batch, stratified_split
 from tagger.errors import TaggerError
 from tagger.evaluate import collect_logits, mean_macro_f1, report
 from tagger.manifest import read_manifest
@@ -142,7 +142,10 @@ def masked_loss(
         if attribute.multi_label:
             present = target[:, 0] >= 0
             if present.any():
-                losses.append(F.binary_cross_entropy_with_logits(out[present], target[present]))
+                # Sum over values, mean over items: averaging over values too would give a 5-value
+                # head a fifth of the gradient of a softmax head.
+                per_item = F.binary_cross_entropy_with_logits(out[present], target[present], reduction="none")
+                losses.append(per_item.sum(dim=1).mean())
         else:
             present = target >= 0
             if present.any():
@@ -206,6 +209,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
+    config: PreprocessConfig
+    generator: torch.Generator
 
 
 def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -> _Run:
@@ -231,7 +236,8 @@ def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -
     batches = min(len(loader), config.max_train_batches or len(loader))
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = _schedule(optimizer, int(config.warmup_epochs * batches), config.epochs * batches)
-    return _Run(model, loader, batches, optimizer, scheduler, device)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    return _Run(model, loader, batches, optimizer, scheduler, device, train_set.config, generator)
 
 
 def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter: Reporter) -> float:
@@ -242,7 +248,8 @@ def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter
     for step, (batch, batch_targets) in enumerate(run.loader):
         if step >= run.batches:
             break
-        images = batch.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = augment_batch(batch.to(run.device, non_blocking=True), run.config, run.generator)
+        images = images.contiguous(memory_format=torch.channels_last)
         targets = {k: v.to(run.device, non_blocking=True) for k, v in batch_targets.items()}
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = run.model(images)
@@ -252,8 +259,9 @@ def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
         run.optimizer.step()
         run.scheduler.step()
-        total, count = total + float(loss), count + 1
-        reporter.batch_end(float(loss))
+        value = float(loss.detach())
+        total, count = total + value, count + 1
+        reporter.batch_end(value)
     return total / max(1, count)
 
 

@@ -45,6 +45,20 @@ def test_masked_loss_ignores_missing_and_other_groups(tiny_model: MultiHeadTagge
     assert float(masked_loss(logits, one, taxonomy, 0.0).detach()) == pytest.approx(float(expected.detach()))
 
 
+def test_multi_label_loss_sums_over_values(tiny_model: MultiHeadTagger, taxonomy: Taxonomy) -> None:
+    """A 5-value sigmoid head must weigh as much per item as a softmax head, not a fifth of it."""
+    logits = tiny_model(torch.randn(2, 3, TINY_SIZE, TINY_SIZE))
+    targets = {key: torch.full_like(v[:, 0], -1, dtype=torch.long) for key, v in logits.items()}
+    row = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0], [-1.0] * 5])
+    targets["apparel.pattern"] = row
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits["apparel.pattern"][:1], row[:1], reduction="sum"
+    )
+    assert float(masked_loss(logits, targets, taxonomy, 0.0).detach()) == pytest.approx(
+        float(expected.detach()), rel=1e-5
+    )
+
+
 def test_a_few_training_steps_reduce_the_loss(taxonomy: Taxonomy) -> None:
     torch.manual_seed(1)
     model = MultiHeadTagger(taxonomy, TINY_BACKBONE, drop_rate=0.0)
@@ -70,8 +84,20 @@ def test_card_round_trip_and_stable_model_id(tiny_model_dir: Path, tiny_model: M
     card = read_card(tiny_model_dir)
     assert card.model_id == f"tiny@0.0.1+{card.weights_sha256[:8]}"
     data = json.loads((tiny_model_dir / CARD_FILE).read_text())
-    for field in ("name", "version", "weights_sha256", "model_id", "backbone", "taxonomy", "preprocessing",
-                  "thresholds", "temperatures", "metrics", "training", "created_at"):
+    for field in (
+        "name",
+        "version",
+        "weights_sha256",
+        "model_id",
+        "backbone",
+        "taxonomy",
+        "preprocessing",
+        "thresholds",
+        "temperatures",
+        "metrics",
+        "training",
+        "created_at",
+    ):
         assert field in data
     again = save_model(tiny_model, ModelCard.from_json((tiny_model_dir / CARD_FILE).read_text()), tmp_path / "copy")
     assert again.model_id == card.model_id, "same weights must give the same model id"
