@@ -224,10 +224,3 @@ class CatalogDataset(Dataset[tuple[torch.Tensor, Targets]]):
         image = self.images[index]
         targets = {key: t[index] for key, t in self.targets.items()}
         return (image if self.train else normalize_uint8(image, self.config)), targets
-
-    def sample_weights(self, head: str) -> torch.Tensor:
-        """Per-item weights inversely proportional to the frequency of the item's value on ``head``."""
-        target = self.targets[head]
-        labels = target.argmax(dim=1) if target.dim() == 2 else target
-        counts = Counter(labels.tolist())
-        return torch.tensor([1.0 / counts[int(v)] for v in labels.tolist()], dtype=torch.double)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tagger.card import ModelCard, ModelCardError, load_model
+from tagger.errors import TaggerError
 from tagger.preprocess import PreprocessConfig, preprocess
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ def default_model_dir() -> Path:
 
 def pick_device(requested: str = "auto") -> torch.device:
     """CUDA when asked for or when present under ``auto``; otherwise the CPU."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise TaggerError(f"device {requested!r} is not auto, cpu or cuda")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelCardError("SWATCH_MODEL_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+        raise TaggerError("device cuda was asked for but no CUDA device is visible; use auto or cpu")
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")

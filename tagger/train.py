@@ -27,6 +27,7 @@ from tagger.errors import TaggerError
 from tagger.evaluate import collect_logits, mean_macro_f1, report
 from tagger.manifest import read_manifest
 from tagger.model import MultiHeadTagger
+from tagger.predict import pick_device
 from tagger.preprocess import PreprocessConfig
 from tagger.taxonomy import Taxonomy, load_taxonomy
 
@@ -155,14 +156,6 @@ def masked_loss(
     return torch.stack(losses).mean()
 
 
-def _device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainError("--device cuda but no CUDA device is visible")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
@@ -214,7 +207,7 @@ class _Run:
 
 
 def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -> _Run:
-    device = _device(config.device)
+    device = pick_device(config.device)
     model = MultiHeadTagger(
         taxonomy,
         config.backbone,

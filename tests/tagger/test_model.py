@@ -161,3 +161,15 @@ def test_predictor_on_cuda_matches_cpu(tiny_model_dir: Path) -> None:
         for key in a.attributes:
             for value, p in a.attributes[key].probabilities.items():
                 assert b.attributes[key].probabilities[value] == pytest.approx(p, abs=0.02)  # bf16 autocast
+
+
+def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tagger.errors import TaggerError
+    from tagger.predict import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(TaggerError, match="no CUDA device"):
+        pick_device("cuda")
+    with pytest.raises(TaggerError, match="not auto, cpu or cuda"):
+        pick_device("tpu")
