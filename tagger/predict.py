@@ -89,6 +89,7 @@ class Predictor:
         self.preprocess_config: PreprocessConfig = card.preprocess_config()
         self._heads = {key: (group.name, attribute) for key, group, attribute in self.taxonomy.heads()}
         self._temps = {key: card.temperature(key) for key in self._heads}
+        self._thresholds = {key: card.threshold(key) for key in self._heads}
         self._amp_dtype = (
             (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
         )
@@ -134,7 +135,7 @@ class Predictor:
                 continue
             row = probs[key][i].tolist()
             best = max(range(len(row)), key=row.__getitem__)
-            threshold = self.card.threshold(key)
+            threshold = self._thresholds[key]
             above = tuple(v for v, p in zip(attribute.values, row, strict=True) if p >= threshold)
             attributes[key] = AttributePrediction(
                 group=head_group,

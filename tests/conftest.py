@@ -50,28 +50,27 @@ def clean_swatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``host:port`` of a real broker: the configured one, else an embedded Tansu."""
-    configured = os.environ.get("SWATCH_KAFKA_BOOTSTRAP")
+def _configured_or_embedded(variable: str, server: str, tmp: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get(variable)
     if configured:
         yield configured
         return
-    with EmbeddedStack(kafka=True, redis=False, workdir=tmp_path_factory.mktemp("kafka")) as stack:
-        assert stack.kafka_bootstrap
-        yield stack.kafka_bootstrap
+    with EmbeddedStack(kafka=server == "kafka", redis=server == "redis", workdir=tmp.mktemp(server)) as stack:
+        address = stack.kafka_bootstrap if server == "kafka" else stack.redis_url
+        assert address
+        yield address
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real broker: the configured one, else an embedded Tansu."""
+    yield from _configured_or_embedded("SWATCH_KAFKA_BOOTSTRAP", "kafka", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis: the configured one, else an embedded redis-server."""
-    configured = os.environ.get("SWATCH_REDIS_URL")
-    if configured:
-        yield configured
-        return
-    with EmbeddedStack(kafka=False, redis=True, workdir=tmp_path_factory.mktemp("redis")) as stack:
-        assert stack.redis_url
-        yield stack.redis_url
+    yield from _configured_or_embedded("SWATCH_REDIS_URL", "redis", tmp_path_factory)
 
 
 @pytest.fixture
