@@ -22,13 +22,16 @@ LR=${LR:-3e-3}
 BUDGET=${TIME_BUDGET_S:-300}
 WORKERS=${WORKERS:-$(nproc)}
 LOADER_WORKERS=${LOADER_WORKERS:-4}
+TRAIN_SEED=${TRAIN_SEED:-1}
+INIT=()
+if [ -n "${INIT_FROM:-}" ]; then INIT=(--init-from "$INIT_FROM"); fi
 tagger() { "$PYTHON" -m tagger "$@"; }
 
-tagger synth --n "$N_TRAIN" --seed 1 --out "$RUN/train" --workers "$WORKERS"
+tagger synth --n "$N_TRAIN" --seed "$TRAIN_SEED" --out "$RUN/train" --workers "$WORKERS"
 tagger synth --n "$N_HELDOUT" --seed 2 --missing-rate 0 --noise-rate 0 --split test --out "$RUN/heldout" --workers "$WORKERS"
 tagger train --data "$RUN/train/manifest.csv" --out "$RUN/model" --backbone "$BACKBONE" --image-size "$IMAGE_SIZE" \
   --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --patience 12 --workers "$LOADER_WORKERS" --seed 0 \
-  --name swatch-demo --version 1.0.0 --time-budget "$BUDGET"
+  --name swatch-demo --version "${VERSION:-1.0.0}" --time-budget "$BUDGET" "${INIT[@]}"
 tagger evaluate --model "$RUN/model" --data "$RUN/heldout/manifest.csv" --split test --json "$RUN/heldout-eval.json"
 echo "model in $RUN/model; held-out report in $RUN/heldout-eval.json"
 echo "to ship it: mkdir -p tagger/models/demo && cp $RUN/model/{weights.safetensors,model_card.json} tagger/models/demo/"

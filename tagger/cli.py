@@ -67,6 +67,12 @@ def train(
     time_budget: Annotated[
         float | None, typer.Option(help="Stop after the epoch that passes this many seconds.")
     ] = None,
+    oversample: Annotated[
+        bool | None, typer.Option(help="Oversample rare values with stronger augmentation (default on).")
+    ] = None,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this model directory's weights (fine-tuning).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
 ) -> None:
     """Train a multi-attribute tagger on a catalog manifest; keeps the best epoch by validation macro-F1."""
@@ -92,6 +98,8 @@ def train(
             name=name,
             version=version,
             time_budget_s=time_budget,
+            oversample=oversample,
+            init_from=str(init_from) if init_from else None,
         )
         with _progress() as progress:
             result = run_training(resolved, _ProgressReporter(progress), resume=resume)

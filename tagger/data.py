@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,16 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from tagger.errors import TaggerError
 from tagger.manifest import CatalogItem
 from tagger.preprocess import ImageError, PreprocessConfig, decode_image, letterbox, normalize_uint8
-from tagger.taxonomy import Taxonomy, UnknownValueError
+from tagger.taxonomy import Attribute, Group, Taxonomy, UnknownValueError
 
 logger = logging.getLogger(__name__)
 
 Targets = dict[str, torch.Tensor]
+Sample = tuple[torch.Tensor, Targets, torch.Tensor]
 
 
 class DataError(TaggerError):
@@ -138,35 +139,42 @@ def augment_batch(
     scale: tuple[float, float] = (0.8, 1.05),
     shift: float = 0.06,
     light: float = 0.15,
+    strength: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Random per-image flip, rotation, scale, shift (white fill) and brightness/contrast; returns normalised floats.
 
     ``images`` is a uint8 (B, 3, S, S) batch on any device; the work happens there, so a GPU run
-    spends no CPU time on augmentation.
+    spends no CPU time on augmentation. ``strength`` (B,) scales each image's ranges: 1 is the
+    configured augmentation, more is stronger (used for oversampled repeats).
     """
     b = images.shape[0]
     device = images.device
+    k = (torch.ones(b) if strength is None else strength.float().cpu()).to(device)
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return torch.rand(b, generator=generator, device="cpu").to(device) * (high - low) + low
 
+    def around(centre: float, spread: float) -> torch.Tensor:
+        return centre + uniform(-spread, spread) * k
+
     pad = torch.tensor(config.pad_colour, dtype=torch.float32, device=device).view(1, 3, 1, 1) / 255
     x = images.float() / 255 - pad  # the pad colour becomes 0, so grid_sample's zero fill is pad-coloured
-    angle = uniform(-degrees, degrees) * torch.pi / 180
-    zoom = 1.0 / uniform(*scale)
+    angle = around(0.0, degrees) * torch.pi / 180
+    low = 1.0 - (1.0 - scale[0]) * k  # stronger augmentation shrinks further (more background)
+    zoom = 1.0 / (low + (scale[1] - low) * uniform(0, 1))
     flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
     theta = torch.stack(
         [
-            torch.stack([cos * flip, -sin, uniform(-shift, shift) * 2], dim=1),
-            torch.stack([sin * flip, cos, uniform(-shift, shift) * 2], dim=1),
+            torch.stack([cos * flip, -sin, around(0.0, shift) * 2], dim=1),
+            torch.stack([sin * flip, cos, around(0.0, shift) * 2], dim=1),
         ],
         dim=1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad
-    brightness = uniform(1 - light, 1 + light).view(b, 1, 1, 1)
-    contrast = uniform(1 - light, 1 + light).view(b, 1, 1, 1)
+    brightness = around(1.0, light).view(b, 1, 1, 1)
+    contrast = around(1.0, light).view(b, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean) * brightness
     x = x.clamp(0, 1)
@@ -175,7 +183,7 @@ def augment_batch(
     return (x - mean_t) / std_t
 
 
-class CatalogDataset(Dataset[tuple[torch.Tensor, Targets]]):
+class CatalogDataset(Dataset[Sample]):
     """Decoded, letterboxed catalog images (uint8) with their targets.
 
     Items come back as uint8 tensors when ``train`` is set (the training loop augments and
@@ -220,7 +228,73 @@ class CatalogDataset(Dataset[tuple[torch.Tensor, Targets]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Targets]:
+    def __getitem__(self, index: int) -> Sample:
+        """Image, targets and whether this draw is an oversampled repeat (index >= len, see OversamplingSampler)."""
+        repeat = index >= len(self.items)
+        index %= len(self.items)
         image = self.images[index]
         targets = {key: t[index] for key, t in self.targets.items()}
-        return (image if self.train else normalize_uint8(image, self.config)), targets
+        return (image if self.train else normalize_uint8(image, self.config)), targets, torch.tensor(repeat)
+
+
+def value_masks(target: torch.Tensor, attribute: Attribute) -> torch.Tensor:
+    """(N, V) booleans: item n is labelled with value v (all False where the label is missing)."""
+    if attribute.multi_label:
+        return (target > 0.5) & (target[:, :1] >= 0)
+    present = target >= 0
+    return F.one_hot(target.clamp(min=0), attribute.size).bool() & present[:, None]
+
+
+def repeat_factors(
+    targets: Targets,
+    heads: Sequence[tuple[str, Group, Attribute]],
+    thresholds: Mapping[str, float],
+    max_repeat: float,
+) -> torch.Tensor:
+    """How often each item should be seen per epoch (>= 1), from the rarity of its labelled values.
+
+    Repeat-factor sampling: a value held by a share ``f`` of its attribute's labelled items, below
+    the attribute's threshold ``t``, gets ``sqrt(t / f)`` (capped at ``max_repeat``); an item takes
+    the largest factor over all its values. Heads with a threshold of 0 (or none) do not count.
+    """
+    n = len(next(iter(targets.values())))
+    factors = torch.ones(n)
+    for key, _, attribute in heads:
+        threshold = thresholds.get(key, 0.0)
+        if threshold <= 0:
+            continue
+        masks = value_masks(targets[key], attribute)
+        labelled = int(masks.any(dim=1).sum())
+        if labelled == 0:
+            continue
+        share = masks.sum(dim=0).float() / labelled
+        per_value = torch.sqrt(threshold / share.clamp(min=1e-9)).clamp(1.0, max_repeat)
+        per_item = (masks.float() * per_value).amax(dim=1)
+        factors = torch.maximum(factors, per_item)
+    return factors
+
+
+class OversamplingSampler(Sampler[int]):
+    """Every item once per epoch in random order, plus extra draws of items that hold rare values.
+
+    ``factors`` (from :func:`repeat_factors`) set the expected number of draws per item; the
+    ``sum(factors) - n`` extra draws are sampled in proportion to ``factors - 1`` and yielded as
+    ``index + n``, which :class:`CatalogDataset` serves as a repeat so the training loop can augment
+    it harder (a repeat that looked identical would only teach the model to memorise it).
+    """
+
+    def __init__(self, factors: torch.Tensor, generator: torch.Generator) -> None:
+        self.n = len(factors)
+        self.weights = (factors - 1.0).clamp(min=0.0)
+        self.extras = round(float(self.weights.sum()))
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.n + self.extras
+
+    def __iter__(self) -> Iterator[int]:
+        draws = torch.arange(self.n)
+        if self.extras:
+            extra = torch.multinomial(self.weights, self.extras, replacement=True, generator=self.generator)
+            draws = torch.cat([draws, extra + self.n])
+        yield from draws[torch.randperm(len(draws), generator=self.generator)].tolist()

@@ -38,7 +38,7 @@ def collect_logits(
     logits: dict[str, list[torch.Tensor]] = {}
     targets: dict[str, list[torch.Tensor]] = {}
     done = 0
-    for batch, batch_targets in loader:
+    for batch, batch_targets, _ in loader:
         images = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(images)

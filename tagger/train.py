@@ -21,8 +21,16 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
-from tagger.card import ModelCard, read_card, save_model
-from tagger.data import CatalogDataset, LabelEncoder, augment_batch, stratified_split
+from tagger.card import ModelCard, load_model, read_card, save_model
+from tagger.data import (
+    CatalogDataset,
+    LabelEncoder,
+    OversamplingSampler,
+    Sample,
+    augment_batch,
+    repeat_factors,
+    stratified_split,
+)
 from tagger.errors import TaggerError
 from tagger.evaluate import collect_logits, mean_macro_f1, report
 from tagger.manifest import read_manifest
@@ -68,6 +76,12 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     half_weights: bool = True
+    init_from: str | None = None  # a model directory to start from (fine-tuning); same backbone and taxonomy
+    oversample: bool = True  # augmentation-based oversampling of rare values (see tagger.data.repeat_factors)
+    oversample_threshold: float = 0.15  # values rarer than this share of their attribute's labels are repeated
+    oversample_attributes: dict[str, float] = field(default_factory=dict)  # per head key; 0 turns a head off
+    oversample_max_repeat: float = 4.0
+    oversample_strength: float = 1.6  # augmentation ranges of the repeats, relative to the normal ones
     max_train_batches: int | None = None  # caps each epoch, for smoke tests
     time_budget_s: float | None = None  # stop after the epoch that crosses this wall-clock budget
 
@@ -93,7 +107,19 @@ class TrainConfig:
             raise TrainError("training needs --data MANIFEST and --out MODEL_DIR")
         if config.epochs < 1 or config.batch_size < 1 or config.image_size < 32:
             raise TrainError("epochs and batch_size must be >= 1 and image_size >= 32")
+        if config.oversample_max_repeat < 1 or config.oversample_strength <= 0:
+            raise TrainError("oversample_max_repeat must be >= 1 and oversample_strength > 0")
         return config
+
+    def oversample_thresholds(self, taxonomy: Taxonomy) -> dict[str, float]:
+        """The rarity threshold of every head (empty when oversampling is off); unknown head keys are an error."""
+        if not self.oversample:
+            return {}
+        keys = [key for key, _, _ in taxonomy.heads()]
+        unknown = set(self.oversample_attributes) - set(keys)
+        if unknown:
+            raise TrainError(f"oversample_attributes: unknown head(s) {', '.join(sorted(unknown))}; heads are {keys}")
+        return {key: float(self.oversample_attributes.get(key, self.oversample_threshold)) for key in keys}
 
 
 class Reporter(Protocol):
@@ -197,13 +223,34 @@ class _Run:
     """The live objects of one training run."""
 
     model: MultiHeadTagger
-    loader: DataLoader[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    loader: DataLoader[Sample]
     batches: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
     config: PreprocessConfig
     generator: torch.Generator
+    strength: float
+
+
+def _initial_weights(model: MultiHeadTagger, source: str) -> None:
+    """Fine-tuning: copy the weights of an existing model directory (same backbone and heads)."""
+    try:
+        trained, card = load_model(source)
+        model.load_state_dict(trained.state_dict())
+    except (TaggerError, RuntimeError) as exc:
+        raise TrainError(f"cannot start from {source}: {exc}") from exc
+    logger.info("starting from the weights of %s", card.model_id)
+
+
+def _sampler(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -> OversamplingSampler | None:
+    thresholds = config.oversample_thresholds(taxonomy)
+    if not thresholds:
+        return None
+    factors = repeat_factors(train_set.targets, list(taxonomy.heads()), thresholds, config.oversample_max_repeat)
+    sampler = OversamplingSampler(factors, torch.Generator().manual_seed(config.seed))
+    logger.info("oversampling: %d extra draws per epoch over %d items", sampler.extras, len(train_set))
+    return sampler
 
 
 def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -> _Run:
@@ -215,11 +262,15 @@ def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -
         backbone_weights=config.backbone_weights,
         drop_rate=config.drop_rate,
     )
+    if config.init_from:
+        _initial_weights(model, config.init_from)
     model = model.to(device).to(memory_format=torch.channels_last)
+    sampler = _sampler(config, taxonomy, train_set)
     loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=len(train_set) > config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
@@ -230,7 +281,8 @@ def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = _schedule(optimizer, int(config.warmup_epochs * batches), config.epochs * batches)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    return _Run(model, loader, batches, optimizer, scheduler, device, train_set.config, generator)
+    strength = config.oversample_strength
+    return _Run(model, loader, batches, optimizer, scheduler, device, train_set.config, generator, strength)
 
 
 def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter: Reporter) -> float:
@@ -238,10 +290,11 @@ def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter
     run.model.train()
     total, count = 0.0, 0
     amp = run.device.type == "cuda"
-    for step, (batch, batch_targets) in enumerate(run.loader):
+    for step, (batch, batch_targets, repeats) in enumerate(run.loader):
         if step >= run.batches:
             break
-        images = augment_batch(batch.to(run.device, non_blocking=True), run.config, run.generator)
+        strength = torch.where(repeats, run.strength, 1.0)
+        images = augment_batch(batch.to(run.device, non_blocking=True), run.config, run.generator, strength=strength)
         images = images.contiguous(memory_format=torch.channels_last)
         targets = {k: v.to(run.device, non_blocking=True) for k, v in batch_targets.items()}
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from tagger.card import read_card
-from tagger.data import LabelEncoder, augment_batch, stratified_split
+from tagger.data import LabelEncoder, OversamplingSampler, augment_batch, repeat_factors, stratified_split
 from tagger.evaluate import evaluate_manifest
 from tagger.manifest import CatalogItem, read_manifest
 from tagger.preprocess import PreprocessConfig
@@ -53,6 +53,9 @@ def test_train_writes_a_model_and_resumes(catalog: Path, tmp_path: Path) -> None
 
     resumed = train(_config(catalog, out, epochs=3), resume=True)
     assert resumed.epochs_run == 3, "resume continues after the last finished epoch"
+
+    tuned = train(_config(catalog, tmp_path / "tuned", epochs=1, init_from=str(out), oversample=False))
+    assert tuned.model_id != result.model_id and read_card(tmp_path / "tuned").training["init_from"] == str(out)
 
     report = evaluate_manifest(catalog, out, "test", "cpu")
     assert report["model_id"] == read_card(out).model_id
@@ -114,3 +117,54 @@ def test_batch_augmentation_keeps_shape_and_white_fill() -> None:
     expected = (1 - torch.tensor(config.mean)) / torch.tensor(config.std)
     assert out.shape == (4, 3, 32, 32)
     assert torch.allclose(out, expected.view(1, 3, 1, 1).expand_as(out), atol=1e-4), "fill must stay the pad colour"
+
+
+def test_fine_tuning_needs_a_matching_model(catalog: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="cannot start from"):
+        train(_config(catalog, tmp_path / "m", init_from=str(tmp_path / "missing")))
+
+
+def test_repeat_factors_favour_rare_values(taxonomy: Taxonomy) -> None:
+    heads = [h for h in taxonomy.heads() if h[0] in ("apparel.length", "apparel.pattern")]
+    length = taxonomy.groups["apparel"].attributes["length"]
+    maxi, regular = length.values.index("maxi"), length.values.index("regular")
+    # 90 regular, 10 maxi, 10 unlabelled; pattern labels absent everywhere
+    single = torch.tensor([regular] * 90 + [maxi] * 10 + [-1] * 10)
+    multi = torch.full((110, taxonomy.groups["apparel"].attributes["pattern"].size), -1.0)
+    targets = {"apparel.length": single, "apparel.pattern": multi}
+    factors = repeat_factors(targets, heads, {"apparel.length": 0.4, "apparel.pattern": 0.4}, max_repeat=4.0)
+    assert torch.allclose(factors[90:100], torch.tensor(2.0)), "share 0.1 under threshold 0.4 -> sqrt(4)"
+    assert torch.all(factors[:90] == 1.0) and torch.all(factors[100:] == 1.0), "common and unlabelled: once"
+    capped = repeat_factors(targets, heads, {"apparel.length": 0.4}, max_repeat=1.5)
+    assert float(capped.max()) == 1.5
+    assert torch.all(repeat_factors(targets, heads, {"apparel.length": 0.0}, 4.0) == 1.0), "threshold 0 = off"
+
+
+def test_oversampling_sampler_repeats_rare_items_as_marked_repeats() -> None:
+    factors = torch.tensor([1.0] * 8 + [3.0, 3.0])
+    sampler = OversamplingSampler(factors, torch.Generator().manual_seed(0))
+    draws = list(sampler)
+    assert len(draws) == len(sampler) == 14
+    assert sorted(d for d in draws if d < 10) == list(range(10)), "every item once per epoch"
+    assert {d - 10 for d in draws if d >= 10} <= {8, 9}, "extra draws only of the rare items, marked as repeats"
+
+
+def test_oversample_config_rejects_unknown_heads(taxonomy: Taxonomy) -> None:
+    config = TrainConfig.resolve(None, data="m.csv", out="o", oversample_attributes={"apparel.lenght": 0.2})
+    with pytest.raises(TrainError, match=r"apparel\.lenght"):
+        config.oversample_thresholds(taxonomy)
+    off = TrainConfig.resolve(None, data="m.csv", out="o", oversample=False)
+    assert off.oversample_thresholds(taxonomy) == {}
+
+
+def test_stronger_augmentation_moves_more_pixels() -> None:
+    config = PreprocessConfig(image_size=32)
+    images = torch.zeros((64, 3, 32, 32), dtype=torch.uint8)
+    images[:, :, 12:20, 12:20] = 255  # a white square on black: augmentation moves it
+
+    def changed(strength: float) -> float:
+        out = augment_batch(images, config, torch.Generator().manual_seed(1), strength=torch.full((64,), strength))
+        plain = augment_batch(images, config, torch.Generator().manual_seed(1), degrees=0, scale=(1, 1), shift=0)
+        return float((out - plain).abs().mean())
+
+    assert changed(2.0) > changed(1.0) > changed(0.0) >= 0.0
