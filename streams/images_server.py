@@ -1,0 +1,192 @@
+"""A small static HTTP server for a directory of images (``swatch serve-images DIR``).
+
+`swatch demo` and `swatch produce` use it to serve a synthetic catalog over local HTTP, so the
+worker fetches images exactly as it would from a CDN. It is a plain static server: ``GET``/``HEAD``
+of files under the root, ``Content-Type`` from the file extension, and 404 for everything else:
+missing files, directories, ``..`` segments, absolute paths, and symlinks that lead out of the root.
+
+Design: :class:`ImageServer` runs an aiohttp application on its own event loop in a daemon thread,
+so synchronous callers (the CLI, the demo, tests) can start and stop it without an event loop of
+their own; the fetcher may run in any other loop, or process, and reach it over TCP. Use it as a
+context manager, or call :meth:`ImageServer.start` and :meth:`ImageServer.stop`::
+
+    with ImageServer(Path("catalog")) as server:
+        url = server.base_url + "dress-001.jpg"
+
+The worker's SSRF guard refuses loopback addresses unless ``SWATCH_FETCH_ALLOW_NETWORKS`` lists
+them (e.g. ``127.0.0.0/8``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import mimetypes
+import threading
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Final, Self
+
+from aiohttp import web
+
+__all__ = ["CONTENT_TYPES", "ImageServer"]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPES: Final = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".avif": "image/avif",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".txt": "text/plain",
+}
+"""Content types by file extension; other files get :mod:`mimetypes`' guess or octet-stream."""
+
+_START_TIMEOUT_S: Final = 10.0
+
+
+def _content_type(path: Path) -> str:
+    known = CONTENT_TYPES.get(path.suffix.lower())
+    if known is not None:
+        return known
+    guessed, _encoding = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+def _resolve_under(root: Path, relative: str) -> Path | None:
+    """The regular file that ``relative`` (a decoded URL path) names under ``root``, or None.
+
+    ``root`` must already be resolved. Refused: empty paths, absolute paths, ``..`` segments, NUL
+    bytes, and any path whose real location (after following symlinks) is outside ``root``.
+    """
+    if not relative or "\x00" in relative or "\\" in relative:
+        return None
+    parts = PurePosixPath(relative).parts
+    if not parts or parts[0] == "/" or any(part in ("..", ".") for part in parts):
+        return None
+    try:
+        candidate = root.joinpath(*parts).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    return candidate
+
+
+class ImageServer:
+    """Serves the files under ``root`` over HTTP from a background thread.
+
+    Args:
+        root: Directory to serve; must exist.
+        host: Address to listen on; the default keeps it on this machine.
+        port: Port to listen on; 0 picks a free one (read it back from :attr:`base_url`).
+    """
+
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"{root} is not a directory")
+        self.host = host
+        self.port = port
+        self._base_url: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._bound: tuple[str, int] | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/`` of the running server (with the port actually bound).
+
+        Raises:
+            RuntimeError: The server is not running.
+        """
+        if self._base_url is None:
+            raise RuntimeError("ImageServer is not running; call start() first")
+        return self._base_url
+
+    def start(self) -> str:
+        """Start serving in a background thread; return the base URL once the port is bound.
+
+        Raises:
+            OSError: The address could not be bound (for example, the port is in use).
+            RuntimeError: The server is already running, or did not start in time.
+        """
+        if self._thread is not None:
+            raise RuntimeError("ImageServer is already running")
+        ready = threading.Event()
+        thread = threading.Thread(target=self._serve, args=(ready,), name="swatch-image-server", daemon=True)
+        thread.start()
+        if not ready.wait(_START_TIMEOUT_S):
+            raise RuntimeError(f"image server did not start within {_START_TIMEOUT_S}s")
+        if self._error is not None or self._bound is None:
+            thread.join()
+            raise self._error or RuntimeError("image server did not report its address")
+        self._thread = thread
+        host, port = self._bound
+        shown = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+        self._base_url = f"http://{shown}:{port}/"
+        logger.info("serving %s at %s", self.root, self._base_url)
+        return self._base_url
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to finish; a no-op when not running."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        self._thread = self._loop = self._base_url = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        """Thread body: bind, report the address (or the error), run until stopped, clean up."""
+        self._bound, self._error = None, None
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(self._app(), shutdown_timeout=1.0, access_log=None)
+        try:
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self.host, self.port)
+            loop.run_until_complete(site.start())
+            address = runner.addresses[0]
+            self._bound = (str(address[0]), int(address[1]))
+            self._loop = loop
+        except BaseException as exc:
+            self._error = exc
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = _resolve_under(self.root, request.match_info["path"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Content-Type": _content_type(path)})

@@ -1,0 +1,191 @@
+"""The static image server: serves files under its root, nothing else, and feeds the fetcher."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from streams.config import FetchSettings
+from streams.fetch import FetchOutcome, ImageFetcher
+from streams.images_server import ImageServer
+
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(300)
+WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(300)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    """``tmp/catalog`` with images, a subdirectory and symlinks; ``tmp/secret.txt`` lies outside it."""
+    root = tmp_path / "catalog"
+    (root / "dresses").mkdir(parents=True)
+    (root / "dress-001.jpg").write_bytes(JPEG)
+    (root / "dresses" / "dress-002.png").write_bytes(PNG)
+    (root / "shoe.WEBP").write_bytes(WEBP)
+    (root / "notes.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "secret.txt").write_text("do not serve me")
+    (root / "escape.jpg").symlink_to(tmp_path / "secret.txt")
+    (root / "alias.jpg").symlink_to(root / "dress-001.jpg")
+    return root
+
+
+@pytest.fixture
+def server(catalog: Path) -> Iterator[ImageServer]:
+    with ImageServer(catalog) as running:
+        yield running
+
+
+def raw_get(base_url: str, path: str, method: str = "GET") -> tuple[int, str | None, bytes]:
+    """Send ``path`` exactly as written (http.client does not normalise ``..`` the way URL libraries do)."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        conn.close()
+
+
+def test_base_url_and_port_zero(server: ImageServer) -> None:
+    assert server.base_url.startswith("http://127.0.0.1:")
+    assert server.base_url.endswith("/")
+    assert int(urlsplit(server.base_url).port or 0) > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type"),
+    [
+        ("/dress-001.jpg", JPEG, "image/jpeg"),
+        ("/dresses/dress-002.png", PNG, "image/png"),
+        ("/shoe.WEBP", WEBP, "image/webp"),
+        ("/alias.jpg", JPEG, "image/jpeg"),  # a symlink that stays inside the root is fine
+        ("/notes.bin", b"\x00\x01", "application/octet-stream"),
+    ],
+)
+def test_serves_files_with_content_type(server: ImageServer, path: str, body: bytes, content_type: str) -> None:
+    status, ctype, data = raw_get(server.base_url, path)
+    assert (status, ctype, data) == (200, content_type, body)
+
+
+def test_head_request(server: ImageServer) -> None:
+    status, ctype, data = raw_get(server.base_url, "/dress-001.jpg", method="HEAD")
+    assert (status, ctype, data) == (200, "image/jpeg", b"")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/dresses/../../secret.txt",
+        "/dresses/%2e%2e/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "//etc/passwd",
+        "/%2fetc/passwd",
+        "/escape.jpg",  # symlink out of the root
+        "/dresses",  # directories are not listed
+        "/",
+        "/missing.jpg",
+        "/dress-001.jpg%00.png",
+        "/..\\secret.txt",
+    ],
+)
+def test_nothing_outside_the_root_is_served(server: ImageServer, path: str) -> None:
+    status, _, data = raw_get(server.base_url, path)
+    assert status == 404, path
+    assert b"do not serve me" not in data
+
+
+def test_start_stop_lifecycle(catalog: Path) -> None:
+    server = ImageServer(catalog)
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.base_url
+    url = server.start()
+    assert url == server.base_url
+    with pytest.raises(RuntimeError, match="already running"):
+        server.start()
+    server.stop()
+    server.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.base_url
+    with pytest.raises(OSError):  # the port is free again: nothing listens
+        socket.create_connection(("127.0.0.1", int(urlsplit(url).port or 0)), timeout=1).close()
+    again = server.start()  # restartable
+    assert raw_get(again, "/dress-001.jpg")[0] == 200
+    server.stop()
+
+
+def test_fixed_port_and_port_in_use(catalog: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with ImageServer(catalog, port=port) as first:
+        assert first.base_url == f"http://127.0.0.1:{port}/"
+        with pytest.raises(OSError):
+            ImageServer(catalog, port=port).start()
+
+
+def test_root_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        ImageServer(tmp_path / "nope")
+
+
+def test_fetcher_downloads_from_the_server(server: ImageServer) -> None:
+    async def scenario() -> None:
+        allow = FetchSettings(allow_networks=("127.0.0.0/8",))
+        async with ImageFetcher(allow) as fetcher:
+            ok = await fetcher.fetch(server.base_url + "dresses/dress-002.png")
+        async with ImageFetcher(FetchSettings()) as fetcher:
+            guarded = await fetcher.fetch(server.base_url + "dresses/dress-002.png")
+        assert (ok.outcome, ok.image_format, ok.content_hash) == (
+            FetchOutcome.OK,
+            "PNG",
+            hashlib.sha256(PNG).hexdigest(),
+        )
+        assert guarded.outcome is FetchOutcome.BLOCKED_URL  # the default guard refuses a local server
+
+    asyncio.run(scenario())
+
+
+def test_cli_serve_images(catalog: Path) -> None:
+    swatch = Path(sys.executable).with_name("swatch")
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.Popen(
+        [str(swatch), "serve-images", str(catalog), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("serving ") and " at http://127.0.0.1:" in first, first
+        base_url = first.rsplit(" at ", 1)[1].strip()
+        assert raw_get(base_url, "/dress-001.jpg")[:2] == (200, "image/jpeg")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "stopping" in out
+
+
+def test_cli_serve_images_refuses_a_missing_directory(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    result = CliRunner().invoke(app, ["serve-images", str(tmp_path / "missing")])
+    assert result.exit_code == 2
