@@ -7,7 +7,12 @@ a dead letter without having to hold on to the original message separately.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tagger.errors import SwatchError
+
+if TYPE_CHECKING:
+    from streams.produce import PublishReport
 
 __all__ = [
     "CodecError",
@@ -16,7 +21,10 @@ __all__ = [
     "EmbeddedStackError",
     "EncodeError",
     "KafkaAdminError",
+    "ProduceError",
+    "PublishError",
     "SwatchError",
+    "TopicNotFoundError",
     "UnknownSchemaError",
 ]
 
@@ -75,3 +83,19 @@ class EmbeddedStackError(SwatchError):
 
 class KafkaAdminError(SwatchError):
     """A Kafka admin operation (creating or describing topics) failed."""
+
+
+class TopicNotFoundError(SwatchError):
+    """A topic that a command reads or writes does not exist on the cluster."""
+
+
+class ProduceError(SwatchError):
+    """Listing events could not be built from a manifest (no usable image URL, bad options)."""
+
+
+class PublishError(ProduceError):
+    """Some records were not acknowledged by the broker; ``report`` says how many and why."""
+
+    def __init__(self, message: str, report: PublishReport) -> None:
+        super().__init__(message)
+        self.report = report

@@ -10,12 +10,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streams.config import TopicSettings
-from streams.errors import KafkaAdminError
+from streams.errors import KafkaAdminError, TopicNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +109,28 @@ def _existing(spec: TopicSpec, partitions: int) -> TopicResult:
     if partitions != spec.partitions:
         note += f" with {partitions} partitions (asked for {spec.partitions}; left unchanged)"
     return TopicResult(spec.name, False, partitions, note)
+
+
+def topic_partitions(client: Producer | Consumer, topic: str, servers: str, timeout_s: float = 15.0) -> list[int]:
+    """The partition ids of an existing topic, asked through a producer or consumer.
+
+    Use a client with ``allow.auto.create.topics=false`` (a consumer's default): an admin client's
+    metadata request makes some brokers (Tansu among them) create the topic it asks about.
+    Raises :class:`TopicNotFoundError` for a missing topic and :class:`KafkaAdminError` when the
+    cluster does not answer.
+    """
+    try:
+        metadata = client.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaAdminError(f"cannot reach Kafka at {servers}: {exc}") from exc
+    found = metadata.topics.get(topic)
+    error = found.error if found is not None else None
+    if found is None or (error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+        raise TopicNotFoundError(
+            f"topic {topic} does not exist on {servers}; create Swatch's topics with `swatch topics create`"
+        )
+    if error is not None:
+        raise KafkaAdminError(f"cannot use topic {topic} on {servers}: {error.str()}")
+    if not found.partitions:
+        raise KafkaAdminError(f"topic {topic} on {servers} has no partitions (yet); try again")
+    return sorted(found.partitions)
