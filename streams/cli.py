@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, TypeVar
@@ -209,6 +210,62 @@ def dev_up() -> None:
     _guarded(body)
 
 
+@app.command("serve-images")
+def serve_images(
+    directory: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, dir_okay=True, help="Directory of images to serve.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8000,
+) -> None:
+    """Serve a directory of images over HTTP until Ctrl-C (a local stand-in for an image CDN)."""
+    from streams.images_server import ImageServer
+
+    _terminate_as_interrupt()
+    server = ImageServer(directory, host=host, port=port)
+    try:
+        base_url = server.start()
+    except OSError as exc:
+        _io.err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc.strerror or exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    try:
+        _io.out.print(f"serving {server.root} at {base_url}", highlight=False, soft_wrap=True)
+        _io.out.print(
+            "The worker refuses private and loopback addresses unless allowed, e.g. "
+            "SWATCH_FETCH_ALLOW_NETWORKS=127.0.0.0/8. Ctrl-C stops.",
+            highlight=False,
+        )
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        _io.out.print("stopping...")
+    finally:
+        server.stop()
+
+
+@app.command()
+def worker(
+    create_topics_first: Annotated[
+        bool, typer.Option("--create-topics/--no-create-topics", help="Create missing topics before starting.")
+    ] = False,
+) -> None:
+    """Tag listings: consume the listings topic, publish attributes, reviews and dead letters (until SIGTERM)."""
+    from streams.logs import configure_logging
+    from streams.worker import Worker
+
+    settings = _settings()
+    configure_logging(settings.log.level, settings.log.format)
+
+    def body() -> int:
+        if create_topics_first:
+            from streams.topics import create_topics, topic_specs
+
+            create_topics(admin_config(settings.kafka), topic_specs(settings.topics))
+        return Worker(settings).run()
+
+    code = _guarded(body)
+    raise typer.Exit(code)
+
+
 @app.command()
 def demo(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON here.")] = None,
@@ -237,6 +294,154 @@ def demo(
         payload: dict[str, Any] = asdict(summary)
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
         _io.out.print(f"summary written to {json_path}")
+
+
+# -- produce and tail ---------------------------------------------------------------------------
+
+
+@app.command()
+def produce(  # noqa: PLR0917 - typer commands take one argument per option
+    manifest: Annotated[
+        Path,
+        typer.Option("--from", exists=True, dir_okay=False, help="Catalog manifest CSV: one listing event per row."),
+    ],
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="URL serving the manifest's folder (e.g. from `swatch serve-images`); local image paths "
+            "become URLs under it. Not needed when the manifest's images are http(s) URLs."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Publish only the first N rows.")] = None,
+    declared_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of listings whose merchant declares some attributes.")
+    ] = 0.3,
+    wrong_declared_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of those declarations that name another value than the image's label."
+        ),
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the declarations; the same seed, the same events.")] = 0,
+    version: Annotated[int, typer.Option(min=1, help="listing_version of every event.")] = 1,
+    merchant: Annotated[str, typer.Option(help="merchant_id of every event.")] = "demo-merchant",
+    topic: Annotated[str | None, typer.Option(help="Topic to publish to (default SWATCH_TOPICS_LISTINGS).")] = None,
+) -> None:
+    """Publish one listing event per manifest row to the listings topic, and wait for every acknowledgement."""
+    from streams.produce import plan_listings, publish_listings
+
+    settings = _settings()
+
+    def body() -> None:
+        planned = plan_listings(
+            manifest,
+            base_url,
+            limit=limit,
+            declared_rate=declared_rate,
+            wrong_declared_rate=wrong_declared_rate,
+            seed=seed,
+            version=version,
+            merchant_id=merchant,
+        )
+        report = publish_listings(settings, [p.record for p in planned], topic=topic)
+        declaring = sum(1 for p in planned if p.record["declared_attributes"])
+        wrong = sum(len(p.wrong_declared) for p in planned)
+        _io.out.print(
+            f"published {report.sent} listing events to {report.topic} in {report.seconds:.2f} s",
+            highlight=False,
+            soft_wrap=True,
+        )
+        _io.out.print(
+            f"{declaring} declare attributes; {wrong} declared value(s) deliberately contradict the labels",
+            highlight=False,
+        )
+
+    _guarded(body)
+
+
+@app.command()
+def tail(  # noqa: PLR0917 - typer commands take one argument per option
+    topic: Annotated[
+        str,
+        typer.Argument(help="listings, attributes, review, decisions or dlq, or a configured topic name."),
+    ],
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning/--latest", help="Start at each partition's beginning, or its end.")
+    ] = True,
+    max_records: Annotated[int | None, typer.Option("--max", min=1, help="Stop after N records.")] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Stop after this many seconds without a record (unless --follow).")
+    ] = 5.0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep reading until Ctrl-C.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per line: times as UTC milliseconds, bytes fields as base64."),
+    ] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Start at this group's committed offsets (e.g. the worker's, to see its backlog). "
+            "The group is only read: tail never joins it nor commits."
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option(help=f"Event on a topic that is not one of Swatch's: {', '.join(SCHEMA_NAMES)}."),
+    ] = None,
+) -> None:
+    """Print the decoded events of a Swatch topic; never joins a group nor commits offsets."""
+    from streams.tail import TailRecord, plain, read_topic
+
+    settings = _settings()
+    counts = {"records": 0, "undecodable": 0, "tombstones": 0}
+
+    def show(record: TailRecord) -> None:
+        counts["records"] += 1
+        counts["undecodable"] += record.error is not None
+        counts["tombstones"] += record.tombstone
+        if as_json:
+            typer.echo(json.dumps(record.to_json()))
+            return
+        from rich.markup import escape
+
+        when = "-"
+        if record.timestamp_ms is not None:
+            when = plain(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC), times="iso")
+        key = escape(record.key) if record.key is not None else "[dim]none[/dim]"
+        _io.out.print(
+            f"[bold cyan]{escape(record.topic)}[/bold cyan] {escape(f'[{record.partition}]')}@{record.offset}  "
+            f"key [bold]{key}[/bold]  {when}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if record.tombstone:
+            _io.out.print(f"  [yellow]tombstone:[/yellow] key {key} deleted", highlight=False)
+        elif record.error is not None:
+            _io.out.print(f"  [red]cannot decode[/red] ({record.size} bytes): {escape(record.error)}", highlight=False)
+        else:
+            _io.out.print_json(data=plain(record.value, bytes_style="short", times="iso"))
+
+    def body() -> None:
+        for record in read_topic(
+            settings,
+            topic,
+            schema=schema,
+            from_beginning=from_beginning,
+            max_records=max_records,
+            idle_timeout_s=None if follow else timeout,
+            group=group,
+        ):
+            show(record)
+
+    try:
+        _guarded(body)
+    except KeyboardInterrupt:
+        _io.err.print("interrupted")
+    if not as_json:
+        _io.err.print(
+            f"{counts['records']} record(s): {counts['undecodable']} undecodable, {counts['tombstones']} tombstone(s)",
+            highlight=False,
+        )
 
 
 def run() -> None:

@@ -147,7 +147,10 @@ class RedisSettings(_Section):
     timeout_ms: int = Field(
         100, ge=1, le=60_000, description="Per-call Redis timeout; a slower Redis counts as a cache miss (fail open)."
     )
-    key_prefix: str = Field("swatch:pred:", description="Prefix of every cache key.")
+    key_prefix: str = Field("swatch:pred:", description="Prefix of every prediction cache key.")
+    version_prefix: str = Field(
+        "swatch:ver:", description="Prefix of the keys that hold each listing's last published version."
+    )
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -220,6 +223,40 @@ class FetchSettings(_Section):
     )
 
 
+class WorkerSettings(_Section):
+    """The stream worker's process: identity, delivery mode, shutdown and its HTTP port."""
+
+    id: str | None = Field(None, description="Worker id in dead letters and logs. Unset: host name and process id.")
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership (group.instance.id), e.g. the pod name of a StatefulSet: a restart "
+        "inside the session timeout gets its partitions back without a rebalance.",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="Opt-in transactional mode: outputs and offsets commit in one transaction. Must be unique and "
+        "stable per worker (e.g. the pod name).",
+    )
+    transaction_interval_ms: int = Field(
+        1000, ge=10, le=600_000, description="How often the transactional mode commits a transaction."
+    )
+    commit_interval_ms: int = Field(
+        1000, ge=10, le=600_000, description="How often finished offsets are committed (at-least-once mode)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight listings may take before they are dropped."
+    )
+    revoke_timeout_s: float = Field(
+        10.0, ge=0, le=600, description="On a rebalance, how long work of revoked partitions may take to finish."
+    )
+    max_images: int = Field(8, ge=1, le=100, description="Images fetched per listing; the rest are not fetched.")
+    preprocess_threads: int = Field(2, ge=1, le=256, description="Threads decoding and resizing images.")
+    metrics_host: str = Field("0.0.0.0", description="Address of /metrics, /healthz and /readyz.")  # noqa: S104
+    metrics_port: int = Field(
+        9400, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz; 0 = any free port."
+    )
+
+
 class LogSettings(_Section):
     """Logging of the long-running commands."""
 
@@ -239,6 +276,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
     fetch: FetchSettings = FetchSettings()
+    worker: WorkerSettings = WorkerSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

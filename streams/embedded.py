@@ -261,6 +261,7 @@ class EmbeddedStack:
         """Start the requested servers; on any failure, stop those already started."""
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="swatch-stack-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if self.kafka:
                 self.processes.append(start_kafka(self.workdir))

@@ -111,11 +111,22 @@ class Predictor:
         """Encoded image bytes to the model's input tensor, with the card's preprocessing."""
         return preprocess(data, self.preprocess_config)
 
-    @torch.inference_mode()
     def predict(self, images: torch.Tensor, groups: Sequence[str | None]) -> list[ImagePrediction]:
         """Predictions for a (B, 3, S, S) batch; ``groups`` names each image's group (None = all heads)."""
         if images.dim() != 4 or images.shape[0] != len(groups):
             raise ValueError(f"expected a (B, 3, S, S) batch with one group per image, got {tuple(images.shape)}")
+        probs = self._probabilities(images)
+        return [self._image(i, group, probs) for i, group in enumerate(groups)]
+
+    def probabilities(self, images: torch.Tensor) -> list[dict[str, list[float]]]:
+        """Per image, every head's calibrated probabilities (value order of the taxonomy): what the stream caches."""
+        if images.dim() != 4:
+            raise ValueError(f"expected a (B, 3, S, S) batch, got {tuple(images.shape)}")
+        probs = self._probabilities(images)
+        return [{key: probs[key][i].tolist() for key in self._heads} for i in range(images.shape[0])]
+
+    @torch.inference_mode()
+    def _probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self._amp_dtype is not None:
             with torch.autocast("cuda", dtype=self._amp_dtype):
@@ -126,7 +137,7 @@ class Predictor:
         for key, (_, attribute) in self._heads.items():
             scaled = logits[key].float() / self._temps[key]
             probs[key] = (torch.sigmoid(scaled) if attribute.multi_label else torch.softmax(scaled, dim=1)).cpu()
-        return [self._image(i, group, probs) for i, group in enumerate(groups)]
+        return probs
 
     def _image(self, i: int, group: str | None, probs: dict[str, torch.Tensor]) -> ImagePrediction:
         attributes = {}

@@ -1,0 +1,95 @@
+"""Micro-batching: images from any listing and partition share model batches.
+
+A batch runs when it holds ``max_size`` images or when its first image has waited ``max_wait_s``.
+One batch runs at a time, in a dedicated thread (the model releases the GIL), while the next one
+fills; so a busy model gets full batches and an idle one answers a lone image after at most
+``max_wait_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[R]):
+    """Collects input tensors into batches and runs ``infer`` on each; callers await their own row."""
+
+    def __init__(
+        self,
+        infer: Callable[[torch.Tensor], Sequence[R]],
+        max_size: int,
+        max_wait_s: float,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._infer = infer
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch or (lambda size, seconds: None)
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[R]]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="swatch-model")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def close(self) -> None:
+        """Stop batching; queued callers get a CancelledError."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            future.cancel()
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, tensor: torch.Tensor) -> R:
+        """Queue one (3, S, S) input; returns its row of the batch's result."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((tensor, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0 and self._queue.empty():
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), max(0.0, remaining)))
+                except TimeoutError:
+                    break
+            live = [(t, f) for t, f in batch if not f.done()]  # callers cancelled meanwhile need no answer
+            if not live:
+                continue
+            started = time.perf_counter()
+            try:
+                stacked = torch.stack([t for t, _ in live])
+                rows = await loop.run_in_executor(self._executor, self._infer, stacked)
+            except Exception as exc:  # a model failure fails this batch's callers, not the batcher
+                logger.exception("model batch of %d failed", len(live))
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self._on_batch(len(live), time.perf_counter() - started)
+            for (_, future), row in zip(live, rows, strict=True):
+                if not future.done():
+                    future.set_result(row)
