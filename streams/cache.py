@@ -2,8 +2,12 @@
 
 Every call has a timeout, and every Redis failure is logged, counted and treated as a miss (or, for
 the version store, as "unknown"): the worker fails open and keeps tagging. After a failure the
-cache stays out of the way for a short, growing back-off instead of making every listing wait for
+store stays out of the way for a short, growing back-off instead of making every listing wait for
 another timeout.
+
+Calls from concurrent listings are coalesced: lookups that arrive within a millisecond go to Redis
+as one MGET, writes as one pipeline, so a burst of a few hundred listings costs a few round trips
+on a handful of connections rather than a connection and a round trip each.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -25,16 +29,22 @@ from streams.metrics import WorkerMetrics
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 Probabilities = dict[str, list[float]]
+
+COALESCE_S = 0.001  # calls arriving within this window share one round trip
+MAX_BATCH = 512  # callers per round trip
+MAX_CONNECTIONS = 16
 
 # Store the larger version only: concurrent workers never move a listing's version backwards.
 _MAX_VERSION = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+for i, key in ipairs(KEYS) do
+  local current = tonumber(redis.call('GET', key) or '-1')
+  if tonumber(ARGV[i]) > current then
+    redis.call('SET', key, ARGV[i], 'EX', ARGV[#KEYS + 1])
+  end
 end
-return 0
+return #KEYS
 """
 
 
@@ -50,12 +60,54 @@ class _Breaker:
         return time.monotonic() < self.open_until
 
     def failed(self) -> None:
+        if self.open:
+            return  # concurrent failures of one outage count once
         self.failures += 1
         self.open_until = time.monotonic() + min(30.0, 0.5 * 2 ** (self.failures - 1))
 
     def succeeded(self) -> None:
         self.failures = 0
         self.open_until = 0.0
+
+
+class _Coalescer(Generic[V]):
+    """Merges the requests of concurrent callers into one call of ``flush`` per short window.
+
+    Each caller passes a mapping (key -> argument, e.g. hash -> probabilities, or hash -> None for
+    a lookup) and gets back ``flush``'s answers for its own keys, or None when the call failed.
+    """
+
+    def __init__(self, flush: Callable[[dict[str, Any]], Awaitable[dict[str, V] | None]]) -> None:
+        self._flush = flush
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, V] | None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, items: Mapping[str, Any]) -> dict[str, V] | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, V] | None] = loop.create_future()
+        self._pending.append((dict(items), future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        await asyncio.sleep(COALESCE_S)
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            merged: dict[str, Any] = {}
+            for items, _ in batch:
+                merged.update(items)
+            try:
+                answers = await self._flush(merged)
+            except Exception as exc:  # never strand a caller
+                logger.exception("redis batch failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for items, future in batch:
+                if not future.done():
+                    future.set_result(None if answers is None else {k: answers[k] for k in items if k in answers})
 
 
 class RedisStore:
@@ -68,14 +120,20 @@ class RedisStore:
         self.timeout_s = settings.timeout_ms / 1000
         self._client: aioredis.Redis | None = None
         if url:
-            self._client = aioredis.Redis.from_url(
+            pool = aioredis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=self.timeout_s,
                 socket_timeout=self.timeout_s,
                 socket_connect_timeout=self.timeout_s,
-                retry_on_timeout=False,
                 health_check_interval=30,
             )
+            self._client = aioredis.Redis(connection_pool=pool)
         self._breaker = _Breaker()
+        self._lookups: _Coalescer[Probabilities] = _Coalescer(self._get_many)
+        self._writes: _Coalescer[None] = _Coalescer(self._set_many)
+        self._version_reads: _Coalescer[int] = _Coalescer(self._versions_many)
+        self._version_writes: _Coalescer[None] = _Coalescer(self._record_many)
         self._versions: OrderedDict[str, int] = OrderedDict()  # local memory of published versions
         self._versions_max = 100_000
 
@@ -92,55 +150,60 @@ class RedisStore:
         """Key of a listing's last published version."""
         return f"{self.settings.version_prefix}{listing_id}"
 
+    # -- predictions ----------------------------------------------------------------------------
+
     async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Probabilities]:
         """Cached probabilities for the hashes that have them; errors count as misses."""
         if not hashes:
             return {}
-
-        async def run(client: aioredis.Redis) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for h in hashes:
-                    pipe.get(self.prediction_key(h))
-                return list(await pipe.execute())
-
-        raw = await self._call("get", run)
-        if raw is None:
+        found = await self._lookups.submit(dict.fromkeys(hashes))
+        if found is None:
             self.metrics.cache.labels("error").inc(len(hashes))
             return {}
-        found: dict[str, Probabilities] = {}
-        for h, value in zip(hashes, raw, strict=True):
-            if value is None:
-                continue
-            try:
-                found[h] = _decode(value)
-            except (ValueError, TypeError) as exc:
-                logger.warning("ignoring unreadable cache entry %s: %s", self.prediction_key(h), exc)
         self.metrics.cache.labels("hit").inc(len(found))
         self.metrics.cache.labels("miss").inc(len(hashes) - len(found))
         return found
 
     async def put_predictions(self, items: Mapping[str, Probabilities]) -> None:
         """Store probabilities with the configured TTL; a failure is counted and otherwise ignored."""
-        if not items:
-            return
+        if items:
+            await self._writes.submit(items)
 
+    async def _get_many(self, hashes: dict[str, Any]) -> dict[str, Probabilities] | None:
+        keys = list(hashes)
+
+        async def run(client: aioredis.Redis) -> list[Any]:
+            return list(await client.mget([self.prediction_key(h) for h in keys]))
+
+        raw = await self._call("get", run)
+        if raw is None:
+            return None
+        found: dict[str, Probabilities] = {}
+        for h, value in zip(keys, raw, strict=True):
+            if value is None:
+                continue
+            try:
+                found[h] = _decode(value)
+            except (ValueError, TypeError) as exc:
+                logger.warning("ignoring unreadable cache entry %s: %s", self.prediction_key(h), exc)
+        return found
+
+    async def _set_many(self, items: dict[str, Any]) -> dict[str, None] | None:
         async def run(client: aioredis.Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 for h, probs in items.items():
                     pipe.set(self.prediction_key(h), _encode(probs), ex=self.settings.ttl_s)
                 return list(await pipe.execute())
 
-        await self._call("set", run)
+        return None if await self._call("set", run) is None else {}
+
+    # -- listing versions -----------------------------------------------------------------------
 
     async def last_version(self, listing_id: str) -> int | None:
         """The highest version published for a listing, from this process or Redis (None when unknown)."""
         local = self._versions.get(listing_id)
-
-        async def run(client: aioredis.Redis) -> Any:
-            return await client.get(self.version_key(listing_id))
-
-        remote = await self._call("version_get", run)
-        known = [v for v in (local, int(remote) if remote is not None else None) if v is not None]
+        remote = (await self._version_reads.submit({listing_id: None}) or {}).get(listing_id)
+        known = [v for v in (local, remote) if v is not None]
         return max(known) if known else None
 
     def note_version(self, listing_id: str, version: int) -> None:
@@ -153,11 +216,29 @@ class RedisStore:
     async def record_version(self, listing_id: str, version: int) -> None:
         """Remember, here and in Redis for every worker, that ``version`` of a listing was published."""
         self.note_version(listing_id, version)
+        await self._version_writes.submit({listing_id: version})
+
+    async def _versions_many(self, ids: dict[str, Any]) -> dict[str, int] | None:
+        keys = list(ids)
+
+        async def run(client: aioredis.Redis) -> list[Any]:
+            return list(await client.mget([self.version_key(i) for i in keys]))
+
+        raw = await self._call("version_get", run)
+        if raw is None:
+            return None
+        return {i: int(v) for i, v in zip(keys, raw, strict=True) if v is not None}
+
+    async def _record_many(self, versions: dict[str, Any]) -> dict[str, None] | None:
+        keys = [self.version_key(i) for i in versions]
+        args = [*versions.values(), self.settings.ttl_s]
 
         async def run(client: aioredis.Redis) -> Any:
-            return await client.eval(_MAX_VERSION, 1, self.version_key(listing_id), version, self.settings.ttl_s)
+            return await client.eval(_MAX_VERSION, len(keys), *keys, *args)
 
-        await self._call("version_set", run)
+        return None if await self._call("version_set", run) is None else {}
+
+    # -- plumbing -------------------------------------------------------------------------------
 
     async def ping(self) -> bool:
         """Whether Redis answers now."""
@@ -173,7 +254,10 @@ class RedisStore:
             await self._client.aclose()
 
     async def _call(self, op: str, run: Callable[[aioredis.Redis], Awaitable[T]]) -> T | None:
-        if self._client is None or self._breaker.open:
+        if self._client is None:
+            return None
+        if self._breaker.open:
+            self.metrics.redis_skipped.labels(op).inc()
             return None
         try:
             result = await asyncio.wait_for(run(self._client), self.timeout_s * 2)
@@ -181,11 +265,11 @@ class RedisStore:
             self._breaker.failed()
             self.metrics.cache_errors.labels(op).inc()
             logger.warning(
-                "redis %s failed (%s: %s); carrying on without the cache for %.1fs",
+                "redis %s failed (%s: %s); carrying on without Redis for %.1fs",
                 op,
                 type(exc).__name__,
                 exc,
-                self._breaker.open_until - time.monotonic(),
+                max(0.0, self._breaker.open_until - time.monotonic()),
             )
             return None
         self._breaker.succeeded()

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -268,32 +268,71 @@ def worker(
 
 @app.command()
 def demo(
+    listings: Annotated[int, typer.Option("--listings", min=10, max=100_000, help="Listing events to publish.")] = 300,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+    html_path: Annotated[Path, typer.Option("--html", help="Where to write the HTML page.")] = Path(
+        "swatch-demo/report.html"
+    ),
 ) -> None:
-    """Start (or use) Kafka and Redis, create the topics, and round-trip one listing through both."""
-    from streams.demo import run_demo
+    """Tag a few hundred synthetic listings end to end: broker, Redis, image server, worker, demo model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from streams.demo import DemoOptions, DemoProgress, run_demo
 
     settings = _settings()
     _terminate_as_interrupt()
-    _io.out.rule("Swatch demo: foundation smoke run")
+    if logging.getLogger().level > logging.INFO:  # without -v, the summary reports the deliberate failures
+        logging.getLogger("streams").setLevel(logging.ERROR)
+    _io.out.rule("Swatch demo")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=_io.out,
+    ) as bar:
+        task = bar.add_task("starting Kafka, Redis, the image server and the worker", total=None, info="")
 
-    def report(step: str, detail: str) -> None:
-        _io.out.print(f"[green]\u2713[/green] [bold]{step}[/bold]: {detail}", highlight=False)
+        def progress(state: DemoProgress) -> None:
+            info = f"tagged {state.attribute_events}, review {state.review_requests}, dead letters {state.dead_letters}"
+            bar.update(task, description="listings", total=state.expected, completed=state.done, info=info)
 
-    try:
-        summary = _guarded(lambda: run_demo(settings, report))
-    except KeyboardInterrupt:
-        _io.err.print("interrupted; embedded servers stopped")
-        raise typer.Exit(130) from None
-    _io.out.print(
-        "[yellow]Not tagged:[/yellow] the streaming worker that tags listings is not built yet "
-        "(issue 4); this run checked the broker, the codec and the cache only.",
-        highlight=False,
-    )
+        try:
+            summary = _guarded(
+                lambda: run_demo(settings, DemoOptions(listings=listings, html_path=html_path), progress)
+            )
+        except KeyboardInterrupt:
+            _io.err.print("interrupted; embedded servers stopped")
+            raise typer.Exit(130) from None
+    table = _table("measure", "value", title=f"Swatch demo: model {summary.model_id}")
+    where = f"embedded {', '.join(summary.embedded)}" if summary.embedded else "configured"
+    rows = [
+        ("services", f"Kafka {summary.kafka_bootstrap}, Redis {summary.redis_url} ({where})"),
+        ("listings published", summary.listings_published),
+        ("attribute events", summary.attribute_events),
+        ("review requests", summary.review_requests),
+        ("dead letters", ", ".join(f"{k} {v}" for k, v in sorted(summary.dead_letters.items())) or "0"),
+        ("image outcomes", ", ".join(f"{k} {v}" for k, v in sorted(summary.image_outcomes.items()))),
+        ("cache hits", summary.cache_hits),
+        ("images inferred", summary.images_inferred),
+        ("identical images shared in flight", summary.images_deduplicated),
+        ("declared values contradicted", summary.declared_conflicts),
+        ("throughput", f"{summary.throughput_listings_per_s} listings/s"),
+        ("latency p50 / p99", f"{summary.latency_p50_s} s / {summary.latency_p99_s} s"),
+        ("wall time", f"{summary.seconds} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    _io.out.print(table)
+    _io.out.print(f"HTML page: {summary.html_path}")
     if json_path is not None:
-        payload: dict[str, Any] = asdict(summary)
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(asdict(summary), indent=2) + "\n")
         _io.out.print(f"summary written to {json_path}")
+    if summary.dead_letters.get("internal_error"):
+        _io.err.print(f"[red]{summary.dead_letters['internal_error']} listing(s) failed inside the worker[/red]")
+        raise typer.Exit(1)
 
 
 # -- produce and tail ---------------------------------------------------------------------------

@@ -45,6 +45,9 @@ class WorkerMetrics:
         self.cache_errors = Counter(
             "swatch_cache_errors", "Redis operations that failed (the worker carries on).", ["op"], registry=r
         )
+        self.redis_skipped = Counter(
+            "swatch_redis_skipped", "Redis calls skipped while backing off after a failure.", ["op"], registry=r
+        )
         self.dedup = Counter(
             "swatch_images_deduplicated", "Images served by an identical image already being inferred.", registry=r
         )

@@ -71,15 +71,23 @@ def test_demo_against_configured_servers(
     monkeypatch.setenv("SWATCH_TOPICS_REPLICATION", "1")
     for field in ("listings", "attributes", "review", "decisions", "dlq"):
         monkeypatch.setenv(f"SWATCH_TOPICS_{field.upper()}", unique_name(field))
-    summary_path = tmp_path / "summary.json"
-    result = runner.invoke(app, ["demo", "--json", str(summary_path)])
+    summary_path, html_path = tmp_path / "summary.json", tmp_path / "page" / "report.html"
+    result = runner.invoke(app, ["demo", "--listings", "40", "--json", str(summary_path), "--html", str(html_path)])
     assert result.exit_code == 0, result.output
-    assert "decoded intact" in result.output
-    assert "Not tagged" in result.output
     summary = json.loads(summary_path.read_text())
     assert summary["embedded"] == [] and summary["kafka_bootstrap"] == kafka_bootstrap
-    assert [s["step"] for s in summary["steps"]] == ["services", "topics", "listing", "cache", "stopped"]
-    assert summary["tagged"] == 0
+    assert summary["listings_published"] == 40
+    dead = summary["dead_letters"]
+    assert dead.get("undecodable", 0) >= 1 and dead.get("invalid_event", 0) == 1 and "internal_error" not in dead
+    assert summary["attribute_events"] + sum(dead.values()) == 40, "every listing has its outcome"
+    outcomes = summary["image_outcomes"]
+    assert {"BLOCKED_URL", "FETCH_FAILED", "NOT_AN_IMAGE"} <= set(outcomes), outcomes
+    assert summary["images_inferred"] < outcomes["TAGGED"] + outcomes.get("CACHE_HIT", 0), "re-listed images reused"
+    assert summary["review_requests"] >= 3, "listings without a usable image go to review"
+    assert summary["throughput_listings_per_s"] > 0 and 0 < summary["latency_p50_s"] <= summary["latency_p99_s"]
+    page = html_path.read_text()
+    assert summary["html_path"] == str(html_path.resolve()) and str(html_path.resolve()) in result.output
+    assert "Review queue" in page and "data:image/jpeg;base64," in page and summary["model_id"] in page
 
 
 @pytest.mark.integration
@@ -89,11 +97,18 @@ def test_demo_with_nothing_configured_leaves_no_process_behind(tmp_path: Path) -
     env["DEMO_TEST_MARKER"] = marker  # inherited by every child: lets us find leftovers
     swatch = Path(sys.executable).parent / "swatch"
     result = subprocess.run(
-        [str(swatch), "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        [str(swatch), "demo", "--listings", "30"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stderr, result.stderr
     assert "embedded kafka, redis" in result.stdout
+    assert (tmp_path / "swatch-demo" / "report.html").is_file()
     leftovers = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
