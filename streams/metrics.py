@@ -64,6 +64,7 @@ class WorkerMetrics:
         )
         self.in_flight = Gauge("swatch_in_flight_listings", "Listings consumed and not yet finished.", registry=r)
         self.paused = Gauge("swatch_paused_partitions", "Partitions paused for backpressure.", registry=r)
+        self.pauses = Counter("swatch_backpressure_pauses", "Times the worker paused its partitions.", registry=r)
         self.assigned = Gauge("swatch_assigned_partitions", "Partitions assigned to this worker.", registry=r)
         self.commits = Counter("swatch_offset_commits", "Offset commits that the broker accepted.", registry=r)
         self.rebalances = Counter("swatch_rebalances", "Partition assignment changes, by kind.", ["kind"], registry=r)

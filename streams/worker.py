@@ -324,6 +324,7 @@ class Worker:
         if not self._paused and in_flight >= limit:
             self._paused = True
             count = await self._kcall(self._pause_all)
+            self.metrics.pauses.inc()
             logger.info("paused %d partition(s): %d listings in flight", count, in_flight)
         elif self._paused and in_flight <= limit // 2:
             self._paused = False
