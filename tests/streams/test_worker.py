@@ -285,7 +285,7 @@ def test_sigkill_loses_nothing_and_sigterm_drains(
 ) -> None:
     settings = make_settings(kafka_bootstrap, redis_url, prefix)
     reader = reader_for(settings)
-    ids = [f"K{i}" for i in range(60)]
+    ids = [f"K{i}" for i in range(150)]
     publish(settings, *(listing(lid, [_url(images, rows[i % len(rows)])]) for i, lid in enumerate(ids)))
     log = tmp_path / "worker.log"
     victim = start_subprocess_worker(settings, log)
@@ -298,6 +298,9 @@ def test_sigkill_loses_nothing_and_sigterm_drains(
     survivor = start_subprocess_worker(settings, log)
     try:
         reader.wait_for(lambda seen: all(reader.attribute_events(lid) for lid in ids), timeout=90)
+        deadline = time.monotonic() + 60  # SIGTERM before start-up would just kill it: wait until it runs
+        while f"-{survivor.pid} consuming" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         survivor.send_signal(signal.SIGTERM)
         assert survivor.wait(60) == 0, log.read_text()[-3000:]
     finally:
