@@ -197,9 +197,58 @@ def bench_predict(
     Console().print(f"written to {json_path}")
 
 
+def calibrate(
+    data: Annotated[Path, typer.Option(help="Catalog manifest CSV (its validation split is used).")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
+    split: Annotated[str, typer.Option(help="Split to fit on; never the training split.")] = "val",
+    target_precision: Annotated[float, typer.Option(help="Precision the accepted predictions must reach.")] = 0.95,
+    plot: Annotated[Path | None, typer.Option(help="Write the reliability diagrams here (PNG).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Report only; leave the model card as it is.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Fit a temperature per head and thresholds for a target precision; write them into the model card."""
+    from tagger.calibrate import calibrate_model, reliability_png
+
+    if split == "train":
+        raise _fail(TaggerError("calibrating on the training split would make the model look certain; use val"))
+    try:
+        card, heads = calibrate_model(
+            data, model, split=split, target_precision=target_precision, device=device, write=not dry_run
+        )
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    table = Table(
+        "attribute",
+        "T",
+        "ECE before",
+        "ECE after",
+        "threshold",
+        "precision",
+        "coverage",
+        "support",
+        title=f"{card.model_id}: calibration on {split} (target precision {target_precision})",
+    )
+    for key, head in heads.items():
+        table.add_row(
+            key,
+            f"{head.temperature:.2f}",
+            f"{head.ece_before:.3f}",
+            f"{head.ece_after:.3f}",
+            f"{head.threshold:.3f}",
+            f"{head.precision_at_target:.3f}",
+            f"{head.coverage_at_target:.3f}",
+            str(head.support),
+        )
+    Console().print(table)
+    if plot is not None:
+        reliability_png(heads, plot)
+        Console().print(f"reliability diagrams written to {plot}")
+    Console().print("model card unchanged (dry run)" if dry_run else "temperatures and thresholds written to the card")
+
+
 def register(app: typer.Typer) -> None:
     """Add the model-side commands to the `swatch` command."""
-    for command in (synth, train, evaluate, predict):
+    for command in (synth, train, evaluate, predict, calibrate):
         app.command()(command)
     app.add_typer(bench_app, name="bench")
 

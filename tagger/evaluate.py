@@ -1,8 +1,11 @@
 """Evaluation: run a model over a dataset and report precision, recall and F1 per head and value.
 
 The JSON report is ``{"model_id": ..., "split": ..., "attributes": {HEAD: {"macro_f1", "weighted_f1",
-"support", "per_value": {VALUE: {"precision", "recall", "f1", "support"}}}}}`` where HEAD is
-``group.attribute`` (the same attribute name can have different values in different groups).
+"support", "per_value": {VALUE: {"precision", "recall", "f1", "support"}}, "ece_before", "ece_after",
+"threshold", "precision_at_target", "coverage_at_target"}}}`` where HEAD is ``group.attribute`` (the
+same attribute name can have different values in different groups). The calibration fields use the
+card's temperature and threshold: ECE without and with the temperature, and the precision and
+coverage (share accepted) of predictions at the threshold.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch.utils.data import DataLoader
 from tagger.card import load_model
 from tagger.data import CatalogDataset, DataError, LabelEncoder, stratified_split
 from tagger.manifest import read_manifest
-from tagger.metrics import report_from_indicators, single_label_report
+from tagger.metrics import calibration_fields, report_from_indicators, single_label_report
 from tagger.model import MultiHeadTagger
 from tagger.predict import default_model_dir, pick_device
 from tagger.taxonomy import Taxonomy
@@ -114,9 +117,10 @@ def evaluate_manifest(
     encoder = LabelEncoder(taxonomy)
     dataset = CatalogDataset(chosen, Path(data).parent, encoder, card.preprocess_config())
     logits, targets = collect_logits(model.to(memory_format=torch.channels_last), dataset, target)
-    return {
-        "model_id": card.model_id,
-        "split": split,
-        "items": len(dataset),
-        "attributes": report(logits, targets, taxonomy, card.temperatures, card.thresholds),
-    }
+    heads = report(logits, targets, taxonomy, card.temperatures, card.thresholds)
+    for key, _, attribute in taxonomy.heads():
+        if key in heads:
+            heads[key].update(
+                calibration_fields(logits[key], targets[key], attribute, card.temperature(key), card.threshold(key))
+            )
+    return {"model_id": card.model_id, "split": split, "items": len(dataset), "attributes": heads}
