@@ -250,6 +250,13 @@ class WorkerSettings(_Section):
         10.0, ge=0, le=600, description="On a rebalance, how long work of revoked partitions may take to finish."
     )
     max_images: int = Field(8, ge=1, le=100, description="Images fetched per listing; the rest are not fetched.")
+    max_images_in_flight: int = Field(
+        128,
+        ge=1,
+        le=100_000,
+        description="Images held in memory at once (downloaded, not yet preprocessed); bounds memory to about "
+        "this times SWATCH_FETCH_MAX_BYTES.",
+    )
     preprocess_threads: int = Field(2, ge=1, le=256, description="Threads decoding and resizing images.")
     metrics_host: str = Field("0.0.0.0", description="Address of /metrics, /healthz and /readyz.")  # noqa: S104
     metrics_port: int = Field(

@@ -35,7 +35,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -151,6 +151,7 @@ class Worker:
         self._decode_pool = ThreadPoolExecutor(settings.worker.preprocess_threads, thread_name_prefix="swatch-decode")
         self._consumer: Consumer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._image_slots = _Slots(settings.worker.max_images_in_flight)
         self._producer: Producer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -216,6 +217,7 @@ class Worker:
             await health.stop()
             self._kafka.shutdown(wait=True)
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._producer = self._consumer = None  # let librdkafka's threads go with the clients
         if self._fatal is not None:
             code = 1
         logger.info("worker %s stopped (exit %d)", self.worker_id, code)
@@ -504,9 +506,10 @@ class Worker:
     async def _tag_images(self, listing: dict[str, Any]) -> tuple[list[ImageOutcome], bool]:
         urls: list[str] = list(listing["image_urls"])
         limit = self.settings.worker.max_images
-        fetched = await asyncio.gather(*(self._fetcher.fetch(url) for url in urls[:limit]))
-        hashes = unique(r.content_hash for r in fetched if r.ok and r.content_hash)
-        computed = await self._predictions(hashes, {r.content_hash: r for r in fetched if r.content_hash})
+        async with self._image_slots.hold(len(urls[:limit])):  # bounds the image bytes held in memory
+            fetched = await asyncio.gather(*(self._fetcher.fetch(url) for url in urls[:limit]))
+            hashes = unique(r.content_hash for r in fetched if r.ok and r.content_hash)
+            computed = await self._predictions(hashes, {r.content_hash: r for r in fetched if r.content_hash})
         outcomes: list[ImageOutcome] = []
         fresh = False
         for result in fetched:
@@ -802,6 +805,30 @@ class Worker:
                 await self._commit()
             await self._drop(set(self._jobs))
             await self._kcall(self._consumer.close)
+
+
+class _Slots:
+    """A counting limit whose holders take all their slots at once (no hold-and-wait, so no deadlock)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._changed: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        n = min(max(n, 0), self.capacity)
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += n
+                self._changed.notify_all()
 
 
 def _validate(listing: dict[str, Any]) -> None:
