@@ -2,6 +2,9 @@
 
 Times preprocessing (decode + letterbox + normalise, per image on one CPU thread) and batched
 inference (per batch size, after warm-up, with CUDA synchronisation), and writes the table as JSON.
+:func:`bench_runtimes` times several predictors (PyTorch and ONNX Runtime) on the same batches,
+interleaved in short slices so that load from other processes hits them alike, with the throughput
+ratio of each to the first.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import io
 import platform
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -34,40 +38,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_predict(
-    predictor: Predictor, batch_sizes: tuple[int, ...] = (1, 8, 32, 64), seconds: float = 3.0
-) -> dict[str, Any]:
-    """Images per second for preprocessing and for inference at each batch size."""
-    samples = [_sample_jpeg(i) for i in range(16)]
+def _preprocess_rate(predictor: Predictor, samples: list[bytes], seconds: float) -> float:
     started, count = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds / 2:
+    while time.perf_counter() - started < seconds:
         predictor.preprocess(samples[count % len(samples)])
         count += 1
-    preprocess_per_s = count / (time.perf_counter() - started)
-    tensor = predictor.preprocess(samples[0])
-    rows = []
-    for batch_size in batch_sizes:
-        batch = tensor.expand(batch_size, -1, -1, -1).contiguous()
-        groups = ["apparel"] * batch_size
-        for _ in range(3):
-            predictor.predict(batch, groups)
-        _sync(predictor.device)
-        times: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(times) < 3:
-            t0 = time.perf_counter()
-            predictor.predict(batch, groups)
-            _sync(predictor.device)
-            times.append(time.perf_counter() - t0)
-        median = statistics.median(times)
-        rows.append(
-            {
-                "batch_size": batch_size,
-                "batches": len(times),
-                "median_batch_ms": round(median * 1000, 3),
-                "images_per_s": round(batch_size / median, 1),
-            }
-        )
+    return count / (time.perf_counter() - started)
+
+
+def _timed(predictor: Predictor, batch: torch.Tensor, groups: list[str | None]) -> float:
+    t0 = time.perf_counter()
+    predictor.predict(batch, groups)
+    _sync(predictor.device)
+    return time.perf_counter() - t0
+
+
+def _stats(batch_size: int, times: list[float]) -> dict[str, Any]:
+    median = statistics.median(times)
+    return {
+        "batches": len(times),
+        "median_batch_ms": round(median * 1000, 3),
+        "images_per_s": round(batch_size / median, 1),
+    }
+
+
+def _header(predictor: Predictor, preprocess_per_s: float) -> dict[str, Any]:
     return {
         "model_id": predictor.model_id,
         "device": str(predictor.device),
@@ -77,5 +72,80 @@ def bench_predict(
         "torch_threads": torch.get_num_threads(),
         "image_size": predictor.preprocess_config.image_size,
         "preprocess_images_per_s_one_thread": round(preprocess_per_s, 1),
+    }
+
+
+def bench_predict(
+    predictor: Predictor, batch_sizes: tuple[int, ...] = (1, 8, 32, 64), seconds: float = 3.0
+) -> dict[str, Any]:
+    """Images per second for preprocessing and for inference at each batch size."""
+    samples = [_sample_jpeg(i) for i in range(16)]
+    preprocess_per_s = _preprocess_rate(predictor, samples, seconds / 2)
+    tensor = predictor.preprocess(samples[0])
+    rows = []
+    for batch_size in batch_sizes:
+        batch = tensor.expand(batch_size, -1, -1, -1).contiguous()
+        groups: list[str | None] = ["apparel"] * batch_size
+        for _ in range(3):
+            predictor.predict(batch, groups)
+        _sync(predictor.device)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < 3:
+            times.append(_timed(predictor, batch, groups))
+        rows.append({"batch_size": batch_size, **_stats(batch_size, times)})
+    return {**_header(predictor, preprocess_per_s), "runtime": predictor.runtime, "inference": rows}
+
+
+def bench_runtimes(
+    predictors: Mapping[str, Predictor], batch_sizes: tuple[int, ...] = (1, 8, 32, 64), seconds: float = 3.0
+) -> dict[str, Any]:
+    """Several predictors (e.g. ``{"torch": ..., "onnx": ...}``) side by side on the same batches.
+
+    Per batch size each predictor is warmed up, then they take turns in slices of a fraction of
+    ``seconds`` until each has run for ``seconds``. Each row has every predictor's stats under its
+    name and ``<name>_vs_<first>``: its throughput divided by the first predictor's (above 1 = faster).
+    """
+    if not predictors:
+        raise ValueError("no predictors to compare")
+    names = list(predictors)
+    first = predictors[names[0]]
+    samples = [_sample_jpeg(i) for i in range(16)]
+    preprocess_per_s = _preprocess_rate(first, samples, seconds / 2)
+    tensor = first.preprocess(samples[0])
+    turn = max(0.1, seconds / 6)
+    rows = []
+    for batch_size in batch_sizes:
+        batch = tensor.expand(batch_size, -1, -1, -1).contiguous()
+        groups: list[str | None] = ["apparel"] * batch_size
+        for predictor in predictors.values():
+            for _ in range(3):
+                predictor.predict(batch, groups)
+            _sync(predictor.device)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        while any(sum(times[name]) < seconds or len(times[name]) < 3 for name in names):
+            for name, predictor in predictors.items():
+                if sum(times[name]) >= seconds and len(times[name]) >= 3:
+                    continue
+                turn_end = time.perf_counter() + turn
+                times[name].append(_timed(predictor, batch, groups))
+                while time.perf_counter() < turn_end:
+                    times[name].append(_timed(predictor, batch, groups))
+        row: dict[str, Any] = {"batch_size": batch_size}
+        for name in names:
+            row[name] = _stats(batch_size, times[name])
+        base = statistics.median(times[names[0]])
+        for name in names[1:]:
+            row[f"{name}_vs_{names[0]}"] = round(base / statistics.median(times[name]), 3)
+        rows.append(row)
+    return {
+        **_header(first, preprocess_per_s),
+        "runtimes": {name: _runtime_info(p) for name, p in predictors.items()},
         "inference": rows,
     }
+
+
+def _runtime_info(predictor: Predictor) -> dict[str, Any]:
+    onnx = predictor.onnx_runner
+    threads = onnx.threads if onnx is not None else torch.get_num_threads()
+    return {"runtime": predictor.runtime, "device": str(predictor.device), "threads": threads}

@@ -167,6 +167,74 @@ def predict(
         raise _fail(exc) from exc
 
 
+def explain(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    out: Annotated[Path, typer.Option(help="PNG to write: the input and one heat map per head.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
+    attribute: Annotated[
+        list[str] | None, typer.Option(help="Head to explain, e.g. colour or apparel.colour; repeatable.")
+    ] = None,
+    value: Annotated[str | None, typer.Option(help="Explain this value instead of the top one (one head).")] = None,
+    category: Annotated[
+        str | None, typer.Option(help="Category path, e.g. women/clothing/dresses; default: guessed from the picture.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the heads' values as JSON.")] = False,
+    palette: Annotated[bool, typer.Option(help="Write 256 dithered colours: about half the size, for docs.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Grad-CAM heat maps: where the model looked for each attribute's value (one PNG grid)."""
+    from tagger.explain import explain as run_explain
+    from tagger.explain import render_grid
+    from tagger.predict import Predictor
+
+    try:
+        predictor = Predictor.load(model, device)
+        try:
+            data = image.read_bytes()
+        except OSError as exc:
+            raise TaggerError(f"cannot read {image}: {exc}") from exc
+        explanations = run_explain(predictor, data, attribute or None, category=category, value=value)
+        groups = ", ".join(dict.fromkeys(e.group for e in explanations))
+        inferred = explanations[0].group_inferred
+        title = f"{image.name} ({groups}{', guessed' if inferred else ''})"
+        png = render_grid(explanations, title=title, palette=palette)
+        try:
+            out.write_bytes(png)
+        except OSError as exc:
+            raise TaggerError(f"cannot write {out}: {exc}") from exc
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    if inferred:
+        Console(stderr=True).print(f"group {groups} guessed from the picture; pass --category to choose it")
+    if json_output:
+        heads = {e.head: e.to_dict() for e in explanations}
+        record = {"image": str(image), "model_id": predictor.model_id, "out": str(out), "group_inferred": inferred}
+        typer.echo(json.dumps({**record, "heads": heads}))
+    else:
+        typer.echo(str(out))
+
+
+def export(
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option(help="File (or folder) to write; default next to the model, else the cache.")
+    ] = None,
+) -> None:
+    """Export the model (calibrated probabilities of every head) as ONNX or TorchScript, checked against PyTorch."""
+    from tagger.export import FORMATS, export_model_record
+
+    fmt = next((f for f in FORMATS if f == format_), None)
+    if fmt is None:
+        raise _fail(TaggerError(f"format {format_!r} is not {' or '.join(FORMATS)}"))
+    try:
+        path, record = export_model_record(model, fmt, out)
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    typer.echo(str(path))
+    typer.echo(f"{record.model_id}: max abs difference from PyTorch {record.max_abs_diff:.3g} ({fmt}, fp32)")
+
+
 bench_app = typer.Typer(help="Measure speed: prints a table and writes JSON.", no_args_is_help=True)
 
 
@@ -177,21 +245,57 @@ def bench_predict(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,64",
     seconds: Annotated[float, typer.Option(help="Measuring time per batch size.")] = 3.0,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path("bench-predict.json"),
+    runtime: Annotated[
+        str, typer.Option(help="torch, onnx (ONNX Runtime, CPU) or both side by side (torch on the CPU under auto).")
+    ] = "torch",
 ) -> None:
     """Preprocessing and batched inference throughput of the predictor on this machine."""
     from tagger.bench import bench_predict as run_bench
     from tagger.predict import Predictor
 
+    if runtime not in ("torch", "onnx", "both"):
+        raise _fail(TaggerError(f"runtime {runtime!r} is not torch, onnx or both"))
+    sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
+    if runtime == "both":
+        _bench_both(model, "cpu" if device == "auto" else device, sizes, seconds, json_path)
+        return
     try:
-        predictor = Predictor.load(model, device)
+        predictor = Predictor.load(model, device, runtime)
     except TaggerError as exc:
         raise _fail(exc) from exc
-    sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
     result = run_bench(predictor, sizes, seconds)
     table = Table("batch size", "median batch ms", "images/s", title=f"{result['model_id']} on {result['device_name']}")
     for row in result["inference"]:
         table.add_row(str(row["batch_size"]), f"{row['median_batch_ms']:.1f}", f"{row['images_per_s']:.0f}")
     Console().print(table)
+    Console().print(f"preprocessing: {result['preprocess_images_per_s_one_thread']:.0f} images/s on one thread")
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    Console().print(f"written to {json_path}")
+
+
+def _bench_both(model: Path | None, device: str, sizes: tuple[int, ...], seconds: float, json_path: Path) -> None:
+    from tagger.bench import bench_runtimes
+    from tagger.predict import Predictor
+
+    try:
+        predictors = {"torch": Predictor.load(model, device), "onnx": Predictor.load(model, "cpu", "onnx")}
+    except TaggerError as exc:
+        raise _fail(exc) from exc
+    result = bench_runtimes(predictors, sizes, seconds)
+    title = f"{result['model_id']} on {result['device_name']}, torch {predictors['torch'].device}, onnx cpu"
+    table = Table("batch size", "torch ms", "torch images/s", "onnx ms", "onnx images/s", "onnx/torch", title=title)
+    for row in result["inference"]:
+        torch_row, onnx_row = row["torch"], row["onnx"]
+        table.add_row(
+            str(row["batch_size"]),
+            f"{torch_row['median_batch_ms']:.1f}",
+            f"{torch_row['images_per_s']:.0f}",
+            f"{onnx_row['median_batch_ms']:.1f}",
+            f"{onnx_row['images_per_s']:.0f}",
+            f"{row['onnx_vs_torch']:.2f}x",
+        )
+    Console().print(table)
+    Console().print(f"threads: {result['torch_threads']} (both runtimes); onnx/torch = throughput ratio, same batches")
     Console().print(f"preprocessing: {result['preprocess_images_per_s_one_thread']:.0f} images/s on one thread")
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     Console().print(f"written to {json_path}")
@@ -250,7 +354,12 @@ def register(app: typer.Typer) -> None:
     """Add the model-side commands to the `swatch` command."""
     for command in (synth, train, evaluate, predict, calibrate):
         app.command()(command)
+    app.command()(explain)
+    app.command()(export)
     app.add_typer(bench_app, name="bench")
+    from tagger.dataset_cli import dataset_app  # imports this module: bound at registration
+
+    app.add_typer(dataset_app, name="dataset")
 
 
 def _progress() -> Progress:

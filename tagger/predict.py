@@ -1,6 +1,8 @@
 """The predictor: the one interface the stream (and `swatch predict`) uses to run a model.
 
-``Predictor.load(model_dir)`` rebuilds the model from its card on CUDA when present, else the CPU.
+``Predictor.load(model_dir)`` rebuilds the model from its card on CUDA when present, else the CPU;
+``runtime="onnx"`` runs it with ONNX Runtime on the CPU instead, from the model's ONNX export (made
+on first use when missing or stale, see :mod:`tagger.export`).
 ``predict(batch, groups)`` takes a batch of images preprocessed with the card's preprocessing and
 returns, per image and applicable head, the probability of every value (temperature-scaled), the top
 value and its confidence, and for multi-label heads the values at or above the head's threshold.
@@ -12,17 +14,21 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from tagger.card import ModelCard, ModelCardError, load_model
 from tagger.errors import TaggerError
+from tagger.export import OnnxRunner, load_onnx_runner
 from tagger.preprocess import PreprocessConfig, preprocess
 
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models" / "demo"
+
+Runtime = Literal["torch", "onnx"]
+RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx")
 
 
 def default_model_dir() -> Path:
@@ -79,10 +85,20 @@ class ImagePrediction:
 
 
 class Predictor:
-    """Runs a loaded model on preprocessed batches, in inference mode, channels-last, AMP on GPU."""
+    """Runs a loaded model on preprocessed batches, in inference mode, channels-last, AMP on GPU.
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard, device: torch.device) -> None:
+    With an ``onnx`` runner (see :meth:`load` with ``runtime="onnx"``) batches go through ONNX
+    Runtime on the CPU instead; ``model`` stays the PyTorch model (for callers that need its layers).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, card: ModelCard, device: torch.device, *, onnx: OnnxRunner | None = None
+    ) -> None:
+        if onnx is not None and device.type != "cpu":
+            raise TaggerError(f"the onnx runtime runs on the CPU only, not {device}")
         self.card = card
+        self.runtime: Runtime = "onnx" if onnx is not None else "torch"
+        self._onnx = onnx
         self.device = device
         self.model = model.to(device).to(memory_format=torch.channels_last).eval()
         self.taxonomy = card.taxonomy_obj()
@@ -95,12 +111,30 @@ class Predictor:
         )
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, device: str = "auto") -> Predictor:
-        """Load a model directory (the demo model when None) onto CUDA or the CPU."""
-        target = pick_device(device)
-        model, card = load_model(model_dir or default_model_dir(), target)
-        logger.info("loaded model %s on %s", card.model_id, target)
-        return cls(model, card, target)
+    def load(cls, model_dir: str | Path | None = None, device: str = "auto", runtime: str = "torch") -> Predictor:
+        """Load a model directory (the demo model when None) onto CUDA or the CPU.
+
+        ``runtime="onnx"`` runs ONNX Runtime on the CPU (``device`` auto or cpu) with as many
+        intra-op threads as torch uses, exporting the model first when its export is missing or stale.
+        """
+        if runtime not in RUNTIMES:
+            raise TaggerError(f"runtime {runtime!r} is not {' or '.join(RUNTIMES)}")
+        if runtime == "onnx":
+            if device not in ("auto", "cpu"):
+                raise TaggerError(f"the onnx runtime runs on the CPU only; use device cpu or auto, not {device!r}")
+            target = torch.device("cpu")
+        else:
+            target = pick_device(device)
+        directory = Path(model_dir) if model_dir else default_model_dir()
+        model, card = load_model(directory, target)
+        onnx = load_onnx_runner(model, card, directory) if runtime == "onnx" else None
+        logger.info("loaded model %s on %s (%s)", card.model_id, target, runtime)
+        return cls(model, card, target, onnx=onnx)
+
+    @property
+    def onnx_runner(self) -> OnnxRunner | None:
+        """The ONNX Runtime session wrapper when ``runtime == "onnx"``, else None."""
+        return self._onnx
 
     @property
     def model_id(self) -> str:
@@ -127,6 +161,8 @@ class Predictor:
 
     @torch.inference_mode()
     def _probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._onnx is not None:
+            return self._onnx(images)  # temperatures and softmax/sigmoid are in the exported graph
         batch = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self._amp_dtype is not None:
             with torch.autocast("cuda", dtype=self._amp_dtype):
