@@ -187,6 +187,13 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Inference device; auto picks CUDA when present."
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads for inference (torch intra-op). Unset: torch's default, one per core; on a "
+        "shared or busy host fewer threads can be much faster.",
+    )
     thresholds: dict[str, Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         default_factory=dict,
         description="Per-attribute acceptance thresholds overriding the model card, e.g. 'colour=0.8,pattern=0.9'.",

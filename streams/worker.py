@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.batcher import MicroBatcher
@@ -126,6 +127,8 @@ class Worker:
         self.redis_url = redis_url if redis_url is not None else settings.redis.url
         self.worker_id = settings.worker.id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = metrics or WorkerMetrics()
+        if settings.model.threads is not None:
+            torch.set_num_threads(settings.model.threads)
         self.predictor = predictor or Predictor.load(settings.model.dir, settings.model.device)
         self.model_id = self.predictor.model_id
         self.taxonomy = self.predictor.taxonomy
