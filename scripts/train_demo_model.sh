@@ -25,6 +25,7 @@ LOADER_WORKERS=${LOADER_WORKERS:-4}
 TRAIN_SEED=${TRAIN_SEED:-1}
 INIT=()
 if [ -n "${INIT_FROM:-}" ]; then INIT=(--init-from "$INIT_FROM"); fi
+if [ -n "${CONFIG:-}" ]; then INIT+=(--config "$CONFIG"); fi
 tagger() { "$PYTHON" -m tagger "$@"; }
 
 tagger synth --n "$N_TRAIN" --seed "$TRAIN_SEED" --out "$RUN/train" --workers "$WORKERS"
