@@ -203,9 +203,12 @@ def running(worker: Worker, timeout: float = 30.0) -> Iterator[Worker]:
     assert result == [0], f"worker exit code {result}"
 
 
-def start_subprocess_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_subprocess_worker(
+    settings: Settings, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``swatch worker`` in its own process, logging to ``log``."""
+    env = env_for(settings) | (extra_env or {})
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"], env=env_for(settings), stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "streams", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
         )

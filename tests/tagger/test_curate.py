@@ -400,6 +400,7 @@ def test_folds_are_balanced_and_reproducible(pristine: Path, taxonomy: Taxonomy)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # trains two fold models: minutes when the machine is shared
 def test_audit_end_to_end_writes_ranked_csv_and_html(pristine: Path, tmp_path: Path) -> None:
     root = _copy(pristine, tmp_path)
     items = read_manifest(root / "manifest.csv")
