@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from tagger.card import CARD_FILE, ModelCard, load_model
-from tagger.data import CatalogDataset, DataError, LabelEncoder, stratified_split
+from tagger.data import CatalogDataset, DataError, LabelEncoder
 from tagger.errors import TaggerError
-from tagger.evaluate import collect_logits
+from tagger.evaluate import collect_logits, split_like_training
 from tagger.manifest import read_manifest
 from tagger.metrics import (
     Reliability,
@@ -157,15 +157,7 @@ def calibrate_model(
     torch_device = pick_device(device)
     model, card = load_model(directory, torch_device)
     taxonomy = card.taxonomy_obj()
-    training = card.training or {}
-    items = stratified_split(
-        read_manifest(data),
-        taxonomy,
-        int(training.get("seed", 0)),
-        float(training.get("val_fraction", 0.1)),
-        float(training.get("test_fraction", 0.1)),
-    )
-    chosen = [i for i in items if i.split == split]
+    chosen = [i for i in split_like_training(read_manifest(data), card) if i.split == split]
     if not chosen:
         raise CalibrationError(f"{data}: no items in split {split!r} to calibrate on")
     try:

@@ -10,7 +10,7 @@ coverage (share accepted) of predictions at the threshold.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tagger.card import load_model
+from tagger.card import ModelCard, load_model
 from tagger.data import CatalogDataset, DataError, LabelEncoder, stratified_split
-from tagger.manifest import read_manifest
+from tagger.manifest import CatalogItem, read_manifest
 from tagger.metrics import calibration_fields, report_from_indicators, single_label_report
 from tagger.model import MultiHeadTagger
 from tagger.predict import default_model_dir, pick_device
@@ -92,6 +92,18 @@ def mean_macro_f1(per_head: dict[str, dict[str, Any]]) -> float:
     return float(np.mean([h["macro_f1"] for h in per_head.values()])) if per_head else 0.0
 
 
+def split_like_training(items: Sequence[CatalogItem], card: ModelCard) -> list[CatalogItem]:
+    """Give items without a split the one the model's training run gave them (its seed and fractions)."""
+    training = card.training or {}
+    return stratified_split(
+        items,
+        card.taxonomy_obj(),
+        int(training.get("seed", 0)),
+        float(training.get("val_fraction", 0.1)),
+        float(training.get("test_fraction", 0.1)),
+    )
+
+
 def evaluate_manifest(
     data: str | Path, model_dir: str | Path | None = None, split: str = "test", device: str = "auto"
 ) -> dict[str, Any]:
@@ -103,14 +115,7 @@ def evaluate_manifest(
     target = pick_device(device)
     model, card = load_model(model_dir or default_model_dir(), target)
     taxonomy = card.taxonomy_obj()
-    training = card.training or {}
-    items = stratified_split(
-        read_manifest(data),
-        taxonomy,
-        int(training.get("seed", 0)),
-        float(training.get("val_fraction", 0.1)),
-        float(training.get("test_fraction", 0.1)),
-    )
+    items = split_like_training(read_manifest(data), card)
     chosen = items if split == "all" else [i for i in items if i.split == split]
     if not chosen:
         raise DataError(f"{data}: no items in split {split!r}")
