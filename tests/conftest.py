@@ -33,6 +33,16 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in the test process: on a shared 2-core machine two spinning OpenMP threads
+    made small models 10-25x slower (a training test took minutes instead of seconds)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU tests visibly (with the reason in the summary) on machines without CUDA."""
     gpu_items = [item for item in items if "gpu" in item.keywords]
