@@ -256,11 +256,15 @@ def rank_label_issues(
         warnings.simplefilter("always")
         if multi_label:
             lists = _label_lists(labels)
-            ranked = find_label_issues(lists, probs, multi_label=True, return_indices_ranked_by="self_confidence")
+            ranked = find_label_issues(
+                lists, probs, multi_label=True, return_indices_ranked_by="self_confidence", n_jobs=1
+            )
             quality = multi_label_quality(lists, probs)
         else:
             given = np.asarray(labels, dtype=np.int64)
-            ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence")
+            # n_jobs=1: cleanlab's default forks a process pool, which can hang a process that already
+            # runs threads (torch, librdkafka), as the test process and the worker do
+            ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
             quality = get_label_quality_scores(given, probs, method="self_confidence")
     if notes is not None:
         notes.extend(dict.fromkeys(f"cleanlab: {w.message}" for w in caught))
