@@ -17,8 +17,10 @@
 #   3. swatch train; 4. swatch calibrate --split val; 5. swatch evaluate --split test --json;
 #   6. scripts/eval_table.py: the markdown table (also written to RUN_DIR/<run>/results.md).
 #
-# The defaults fit the 2-core development machine (about 25 minutes of training at 128 px). Scale up
-# on a GPU, e.g.:  IMAGE_SIZE=224 EPOCHS=30 BATCH=64 LR=2e-3 PATIENCE=8 TIME_BUDGET_S=900 LOADER_WORKERS=4
+# The defaults fit the 2-core development machine: 6 epochs at 128 px took 13 minutes there with
+# another job on the cores, 30 minutes with several (TIME_BUDGET_S stops training after the epoch
+# that passes 25 minutes). Scale up on a GPU, e.g.:
+#   IMAGE_SIZE=224 EPOCHS=30 BATCH=64 LR=2e-3 PATIENCE=8 TIME_BUDGET_S=900 LOADER_WORKERS=4
 #
 #   PRETRAINED     auto (Lite0 ImageNet weights when available, else scratch) | 0 (from scratch)
 #   BACKBONE_WEIGHTS  a weights file to use instead (any timm backbone given as BACKBONE)

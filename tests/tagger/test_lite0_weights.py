@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import timm
 import torch
@@ -50,13 +51,13 @@ def test_every_key_maps_onto_timm_lite0_one_to_one() -> None:
 
 def test_folding_the_normalisation_keeps_the_stem_output() -> None:
     torch.manual_seed(0)
-    model = timm.create_model(lite0.TIMM_NAME, pretrained=False, num_classes=0).eval()
+    model: Any = timm.create_model(lite0.TIMM_NAME, pretrained=False, num_classes=0).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["bn1.running_mean"] = torch.randn_like(state["bn1.running_mean"])
     model.load_state_dict(state)
     source = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     target = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    folded = timm.create_model(lite0.TIMM_NAME, pretrained=False, num_classes=0).eval()
+    folded: Any = timm.create_model(lite0.TIMM_NAME, pretrained=False, num_classes=0).eval()
     folded.load_state_dict(lite0.fold_normalisation(state, source, target))
     pixels = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     mean, std = torch.tensor(target[0]).view(1, 3, 1, 1), torch.tensor(target[1]).view(1, 3, 1, 1)
