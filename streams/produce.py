@@ -138,29 +138,9 @@ def plan_listings(
     return planned
 
 
-def listing_records(
-    manifest: Path,
-    base_url: str | None,
-    *,
-    limit: int | None = None,
-    declared_rate: float = 0.0,
-    wrong_declared_rate: float = 0.0,
-    seed: int = 0,
-    version: int = 1,
-    merchant_id: str = DEFAULT_MERCHANT,
-) -> list[dict[str, Any]]:
-    """The listing event records for a manifest (see :func:`plan_listings` for the details)."""
-    planned = plan_listings(
-        manifest,
-        base_url,
-        limit=limit,
-        declared_rate=declared_rate,
-        wrong_declared_rate=wrong_declared_rate,
-        seed=seed,
-        version=version,
-        merchant_id=merchant_id,
-    )
-    return [listing.record for listing in planned]
+def listing_records(manifest: Path, base_url: str | None, **options: Any) -> list[dict[str, Any]]:
+    """The listing event records for a manifest; ``options`` are :func:`plan_listings`'s."""
+    return [listing.record for listing in plan_listings(manifest, base_url, **options)]
 
 
 def _check_base_url(base_url: str) -> None:

@@ -51,6 +51,7 @@ from streams.codec import (
     dead_letter_id,
     now_millis,
     review_request_id,
+    to_millis,
 )
 from streams.combine import ImageOutcome, decide, resolve_thresholds
 from streams.config import Settings
@@ -420,7 +421,7 @@ class Worker:
         )
         now = now_millis()
         source_time = listing["event_time"]
-        source_ms = _millis(source_time)
+        source_ms = to_millis(source_time)
         image_records = [image.record() for image in images]
         event = {
             "schema_version": SCHEMA_VERSION,
@@ -841,12 +842,6 @@ def _validate(listing: dict[str, Any]) -> None:
         raise InvalidEventError(f"operation {listing['operation']} is neither UPSERT nor DELETE")
     if listing["listing_version"] < 0:
         raise InvalidEventError(f"listing_version {listing['listing_version']} is negative")
-
-
-def _millis(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    return int(value.timestamp() * 1000)
 
 
 def _headers(message: Message) -> list[tuple[str, bytes | None]]:
