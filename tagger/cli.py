@@ -107,7 +107,8 @@ def train(
         raise _fail(exc) from exc
     Console().print(
         f"best epoch {result.best_epoch}: validation mean macro-F1 {result.best_score:.4f}; "
-        f"model {result.model_id} in {result.model_dir} ({result.seconds:.0f}s)"
+        f"model {result.model_id} in {result.model_dir} ({result.seconds:.0f}s); "
+        f"{result.draws_per_epoch} draws per epoch over {result.items} items"
     )
 
 
@@ -116,15 +117,21 @@ def evaluate(
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
     split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write a self-contained HTML report (plots, worst errors with Grad-CAM)."),
+    ] = None,
+    gallery: Annotated[int, typer.Option(min=0, help="Worst errors shown per attribute in --report (0: none).")] = 6,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Precision, recall and F1 per attribute and value on a manifest's split."""
-    from tagger.evaluate import evaluate_manifest
+    from tagger.evaluate import run_evaluation
 
     try:
-        result = evaluate_manifest(data, model, split, device)
+        evaluation = run_evaluation(data, model, split, device)
     except TaggerError as exc:
         raise _fail(exc) from exc
+    result = evaluation.result
     table = Table("attribute", "macro F1", "weighted F1", "support", title=f"{result['model_id']} on {split}")
     for head, scores in result["attributes"].items():
         table.add_row(head, f"{scores['macro_f1']:.3f}", f"{scores['weighted_f1']:.3f}", str(scores["support"]))
@@ -132,6 +139,16 @@ def evaluate(
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         Console().print(f"report written to {json_path}")
+    if report is not None:
+        from tagger.eval_report import build_report
+
+        try:
+            html = build_report(evaluation, data=data, gallery=gallery, device=device)
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(html, encoding="utf-8")
+        except (OSError, TaggerError) as exc:
+            raise _fail(TaggerError(f"cannot write the report {report}: {exc}")) from exc
+        Console().print(f"HTML report written to {report}")
 
 
 def predict(

@@ -11,6 +11,7 @@ coverage (share accepted) of predictions at the threshold.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,23 +105,38 @@ def split_like_training(items: Sequence[CatalogItem], card: ModelCard) -> list[C
     )
 
 
-def evaluate_manifest(
+@dataclass
+class Evaluation:
+    """An evaluation run: the JSON report and what the HTML report needs besides it."""
+
+    result: dict[str, Any]
+    card: ModelCard
+    model_dir: Path
+    dataset: CatalogDataset
+    root: Path
+    logits: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+
+
+def run_evaluation(
     data: str | Path, model_dir: str | Path | None = None, split: str = "test", device: str = "auto"
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate a model directory (the demo model when None) on one split of a manifest.
 
     Items without a split get the one the model's training run would have given them (same seed
     and fractions), so ``--split test`` on the training manifest is the held-out part.
     """
     target = pick_device(device)
-    model, card = load_model(model_dir or default_model_dir(), target)
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    model, card = load_model(directory, target)
     taxonomy = card.taxonomy_obj()
     items = split_like_training(read_manifest(data), card)
     chosen = items if split == "all" else [i for i in items if i.split == split]
     if not chosen:
         raise DataError(f"{data}: no items in split {split!r}")
     encoder = LabelEncoder(taxonomy)
-    dataset = CatalogDataset(chosen, Path(data).parent, encoder, card.preprocess_config())
+    root = Path(data).parent
+    dataset = CatalogDataset(chosen, root, encoder, card.preprocess_config())
     logits, targets = collect_logits(model.to(memory_format=torch.channels_last), dataset, target)
     heads = report(logits, targets, taxonomy, card.temperatures, card.thresholds)
     for key, _, attribute in taxonomy.heads():
@@ -128,4 +144,12 @@ def evaluate_manifest(
             heads[key].update(
                 calibration_fields(logits[key], targets[key], attribute, card.temperature(key), card.threshold(key))
             )
-    return {"model_id": card.model_id, "split": split, "items": len(dataset), "attributes": heads}
+    result = {"model_id": card.model_id, "split": split, "items": len(dataset), "attributes": heads}
+    return Evaluation(result, card, directory, dataset, root, logits, targets)
+
+
+def evaluate_manifest(
+    data: str | Path, model_dir: str | Path | None = None, split: str = "test", device: str = "auto"
+) -> dict[str, Any]:
+    """The JSON report of :func:`run_evaluation`."""
+    return run_evaluation(data, model_dir, split, device).result

@@ -27,6 +27,7 @@ figure { display: inline-block; margin: 4px; text-align: center; font-size: 0.8e
 figure img { border: 1px solid #ccc; }
 .note { color: #666; font-size: 0.9em; }
 .plot { max-width: 100%; }
+.error { display: inline-block; border: 1px solid #eee; margin: 4px; }
 """
 
 
