@@ -157,6 +157,8 @@ class TrainResult:
     epochs_run: int
     val: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    items: int = 0  # training items
+    draws_per_epoch: int = 0  # images drawn per epoch: items plus oversampled repeats
 
 
 def masked_loss(
@@ -392,6 +394,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: bool
         int(state["epoch"]),
         best_val,
         time.monotonic() - started,
+        len(train_set),
+        min(run.batches * config.batch_size, len(run.loader.sampler)),  # type: ignore[arg-type]
     )
 
 

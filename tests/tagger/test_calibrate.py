@@ -114,7 +114,7 @@ def test_calibrate_writes_the_card_and_evaluate_reports_it(tmp_path: Path) -> No
     assert reported.exit_code == 0, reported.output
     html = page.read_text(encoding="utf-8")
     assert "Thresholds were calibrated for precision 0.9" in html and "<h3>Worst errors" not in html
-    assert f"<td class=\"num\">{round(card.thresholds['apparel.colour'], 3)}</td>" in html
+    assert f'<td class="num">{round(card.thresholds["apparel.colour"], 3)}</td>' in html
     refused = runner.invoke(
         app, ["calibrate", "--data", str(manifest), "--model", str(result.model_dir), "--split", "train"]
     )
