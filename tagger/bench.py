@@ -13,13 +13,18 @@ import io
 import platform
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
+from tagger.data import augment_batch
+from tagger.model import MultiHeadTagger
 from tagger.predict import Predictor
+from tagger.preprocess import PreprocessConfig
+from tagger.taxonomy import load_taxonomy
+from tagger.train import masked_loss
 
 
 def _sample_jpeg(index: int, size: tuple[int, int] = (600, 800)) -> bytes:
@@ -149,3 +154,95 @@ def _runtime_info(predictor: Predictor) -> dict[str, Any]:
     onnx = predictor.onnx_runner
     threads = onnx.threads if onnx is not None else torch.get_num_threads()
     return {"runtime": predictor.runtime, "device": str(predictor.device), "threads": threads}
+
+
+# -- training throughput ----------------------------------------------------------------------
+
+
+def _train_step_fn(
+    backbone: str, image_size: int, batch_size: int, device: torch.device, seed: int
+) -> tuple[MultiHeadTagger, Callable[[], None]]:
+    """A fresh model and a closure running one real training step on it (augment, forward, masked
+    loss, backward, AdamW) with one fixed batch of random pixels and labels."""
+    taxonomy = load_taxonomy()
+    generator = torch.Generator().manual_seed(seed)
+    model = MultiHeadTagger(taxonomy, backbone).to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    config = PreprocessConfig(image_size=image_size)
+    pixels = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
+    pixels = pixels.to(device)
+    targets: dict[str, torch.Tensor] = {}
+    for key, _, attribute in taxonomy.heads():
+        if attribute.multi_label:
+            targets[key] = (torch.rand(batch_size, attribute.size, generator=generator) < 0.3).float().to(device)
+        else:
+            targets[key] = torch.randint(0, attribute.size, (batch_size,), generator=generator).to(device)
+    amp = device.type == "cuda"
+
+    def step() -> None:
+        images = augment_batch(pixels, config, generator).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        loss = masked_loss(logits, targets, taxonomy, 0.05)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        _sync(device)
+
+    return model, step
+
+
+def bench_train(
+    configs: list[tuple[str, int]],
+    device: torch.device,
+    *,
+    batch_size: int = 32,
+    rounds: int = 3,
+    steps_per_round: int = 2,
+    images_per_run: int = 0,
+) -> dict[str, Any]:
+    """Training images per second for each (backbone, image size), measured side by side.
+
+    Every configuration runs ``steps_per_round`` steps per round, round-robin, so load from other
+    processes hits them alike; the first step of each (warm-up) is not timed. ``images_per_run``
+    (training images times epochs), when given, turns each rate into the hours such a run would take.
+    """
+    runs: list[dict[str, Any]] = []
+    for backbone, size in configs:
+        model, step = _train_step_fn(backbone, size, batch_size, device, seed=len(runs))
+        step()  # warm-up: allocations, cudnn autotuning
+        parameters = sum(p.numel() for p in model.parameters())
+        runs.append({"backbone": backbone, "image_size": size, "parameters": parameters, "step": step, "times": []})
+    for _ in range(rounds):
+        for run in runs:
+            for _ in range(steps_per_round):
+                t0 = time.perf_counter()
+                run["step"]()
+                run["times"].append(time.perf_counter() - t0)
+    rows = []
+    for run in runs:
+        median = statistics.median(run["times"])
+        row = {
+            "backbone": run["backbone"],
+            "image_size": run["image_size"],
+            "parameters": run["parameters"],
+            "steps": len(run["times"]),
+            "median_step_s": round(median, 4),
+            "images_per_s": round(batch_size / median, 2),
+        }
+        if images_per_run:
+            row["hours_per_run"] = round(images_per_run / row["images_per_s"] / 3600, 2)
+        rows.append(row)
+    first = rows[0]["images_per_s"]
+    for row in rows:
+        row["relative_to_first"] = round(row["images_per_s"] / first, 3)
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "images_per_run": images_per_run,
+        "results": rows,
+    }

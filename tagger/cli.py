@@ -290,6 +290,66 @@ def bench_predict(
     Console().print(f"written to {json_path}")
 
 
+@bench_app.command("train")
+def bench_train(
+    backbones: Annotated[str, typer.Option(help="Comma-separated timm names.")] = "efficientnet_b0,resnet10t",
+    image_sizes: Annotated[str, typer.Option(help="Comma-separated input sizes.")] = "128,224",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 32,
+    rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds (each times every configuration).")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per configuration per round.")] = 2,
+    images_per_run: Annotated[
+        int, typer.Option(help="Training images x epochs of a run, to estimate its hours (0: no estimate).")
+    ] = 6400 * 60,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path("bench-train.json"),
+) -> None:
+    """Training throughput (images/s) per backbone and image size, side by side on this machine.
+
+    The default run size is the documented B0 command's: 8,000 products, 80 % for training, 60 epochs.
+    """
+    from tagger.bench import bench_train as run_bench
+    from tagger.predict import pick_device
+
+    configs = [
+        (b.strip(), int(s)) for b in backbones.split(",") if b.strip() for s in image_sizes.split(",") if s.strip()
+    ]
+    try:
+        result = run_bench(
+            configs,
+            pick_device(device),
+            batch_size=batch_size,
+            rounds=rounds,
+            steps_per_round=steps,
+            images_per_run=images_per_run,
+        )
+    except (TaggerError, RuntimeError, ValueError) as exc:
+        raise _fail(TaggerError(f"cannot run the training benchmark: {exc}")) from exc
+    table = Table(
+        "backbone",
+        "size",
+        "params (M)",
+        "median step s",
+        "images/s",
+        "relative",
+        "hours per run",
+        title=f"training steps of {batch_size} on {result['device_name']} ({result['torch_threads']} threads)",
+    )
+    for row in result["results"]:
+        hours = f"{row['hours_per_run']:.1f}" if "hours_per_run" in row else "-"
+        table.add_row(
+            row["backbone"],
+            str(row["image_size"]),
+            f"{row['parameters'] / 1e6:.1f}",
+            f"{row['median_step_s']:.2f}",
+            f"{row['images_per_s']:.1f}",
+            f"{row['relative_to_first']:.2f}",
+            hours,
+        )
+    Console().print(table)
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    Console().print(f"written to {json_path}")
+
+
 def _bench_both(model: Path | None, device: str, sizes: tuple[int, ...], seconds: float, json_path: Path) -> None:
     from tagger.bench import bench_runtimes
     from tagger.predict import Predictor
