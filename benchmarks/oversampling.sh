@@ -69,10 +69,14 @@ done
 
 step "held-out results"
 {
-  echo "Oversampling on vs off ($BACKBONE, ${IMAGE_SIZE}px, $N_TRAIN products, $EPOCHS epochs, seed 0):"
-  echo
-  "$PYTHON" scripts/compare_evals.py on="$RUN/on/heldout-eval.json" off="$RUN/off/heldout-eval.json" \
-    --json "$RUN/oversampling.json"
+  echo "$BACKBONE, ${IMAGE_SIZE}px, $N_TRAIN products, $EPOCHS epochs, seed 0"
+  if [ -f "$RUN/off/heldout-eval.json" ]; then
+    echo
+    echo "Oversampling on vs off, the same number of epochs:"
+    echo
+    "$PYTHON" scripts/compare_evals.py on="$RUN/on/heldout-eval.json" off="$RUN/off/heldout-eval.json" \
+      --json "$RUN/oversampling.json"
+  fi
   if [ -f "$RUN/off-long/heldout-eval.json" ]; then
     echo
     echo "Oversampling on vs off with as many images seen (equal compute):"
