@@ -310,10 +310,12 @@ def bench_train(
     from tagger.bench import bench_train as run_bench
     from tagger.predict import pick_device
 
-    configs = [
-        (b.strip(), int(s)) for b in backbones.split(",") if b.strip() for s in image_sizes.split(",") if s.strip()
-    ]
     try:
+        configs = [
+            (b.strip(), int(s)) for b in backbones.split(",") if b.strip() for s in image_sizes.split(",") if s.strip()
+        ]
+        if not configs:
+            raise ValueError("no backbone or image size given")
         result = run_bench(
             configs,
             pick_device(device),

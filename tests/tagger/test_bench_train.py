@@ -49,3 +49,5 @@ def test_cli_writes_the_table_and_json(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["results"][0]["backbone"] == "test_efficientnet"
     refused = CliRunner().invoke(app, [*args, "--backbones", "no_such_net", "--json", str(out)])
     assert refused.exit_code == 1 and "cannot run the training benchmark" in refused.output
+    bad_size = CliRunner().invoke(app, ["bench", "train", "--image-sizes", "big", "--json", str(out)])
+    assert bad_size.exit_code == 1 and "invalid literal" in bad_size.output
