@@ -72,14 +72,20 @@ def _probabilities(logits: torch.Tensor, attribute: Attribute, temperature: floa
     return probs.double().numpy()
 
 
+def _claimed(probs: NDArray[np.float64], threshold: float) -> NDArray[np.bool_]:
+    """Multi-label values claimed at ``threshold``; an item with none claims its top value, as the evaluation does."""
+    claimed = probs >= threshold
+    empty = ~claimed.any(axis=1)
+    claimed[empty, probs[empty].argmax(axis=1)] = True
+    return claimed
+
+
 def confusion(truth: NDArray[Any], probs: NDArray[np.float64], attribute: Attribute, threshold: float) -> NDArray[Any]:
     """(V, V) counts: true value (row) against predicted value (column), see the module docstring."""
     size = attribute.size
     matrix = np.zeros((size, size), dtype=np.int64)
     if attribute.multi_label:
-        claimed = probs >= threshold
-        empty = ~claimed.any(axis=1)
-        claimed[empty, probs[empty].argmax(axis=1)] = True  # as the evaluation does: at least one value
+        claimed = _claimed(probs, threshold)
         for true_row, claimed_row in zip(truth > 0.5, claimed, strict=True):
             for t in np.flatnonzero(true_row):
                 matrix[t] += claimed_row
@@ -108,16 +114,22 @@ def precision_coverage(
     return counts / max(1, len(order)), hits / counts
 
 
-def worst_errors(truth: NDArray[Any], probs: NDArray[np.float64], attribute: Attribute, count: int) -> list[Error]:
-    """The ``count`` most confident mistakes among labelled rows (indices into ``truth``)."""
+def worst_errors(
+    truth: NDArray[Any], probs: NDArray[np.float64], attribute: Attribute, count: int, threshold: float = 0.5
+) -> list[Error]:
+    """The ``count`` most confident mistakes among labelled rows (indices into ``truth``).
+
+    Multi-label values count as claimed at ``threshold`` (the card's), as in the evaluation.
+    """
     values = attribute.values
     found: list[Error] = []
     if attribute.multi_label:
         true = truth > 0.5
+        claimed = _claimed(probs, threshold)
         names = [", ".join(values[v] for v in np.flatnonzero(row)) or "-" for row in true]
-        for i, v in zip(*np.nonzero(~true & (probs >= 0.5)), strict=True):
+        for i, v in zip(*np.nonzero(~true & claimed), strict=True):
             found.append(Error(int(i), values[v], float(probs[i, v]), names[i], "false positive"))
-        for i, v in zip(*np.nonzero(true & (probs < 0.5)), strict=True):
+        for i, v in zip(*np.nonzero(true & ~claimed), strict=True):
             found.append(Error(int(i), values[v], float(probs[i, v]), names[i], "missed"))
         # by how sure the model was of the wrong answer
         found.sort(key=lambda e: -e.probability if e.kind == "false positive" else e.probability - 1.0)
@@ -289,7 +301,7 @@ def build_report(
             _calibration_png(x, y, attribute, card, key, target=target),
         ]
         if explainer is not None:
-            errors = worst_errors(truth, probs, attribute, gallery)
+            errors = worst_errors(truth, probs, attribute, gallery, threshold)
             parts.append(f"<h3>Worst errors ({len(errors)})</h3>")
             if not errors:
                 parts.append("<p>No mistakes on this split.</p>")

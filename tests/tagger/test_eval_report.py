@@ -65,6 +65,10 @@ def test_multi_label_worst_errors_rank_false_positives_and_misses() -> None:
     kinds = [(e.index, e.value, e.kind) for e in errors]
     # by how sure the model was of the wrong answer: striped missed at 0.05 is 0.95 sure it is absent
     assert kinds == [(1, "striped", "missed"), (0, "striped", "false positive"), (1, "floral", "false positive")]
+    # at a threshold of 0.95 item 0's striped (0.9) is no longer claimed; item 1 claims nothing that
+    # high, so its top value (floral) still counts, as in the evaluation
+    strict = worst_errors(truth, probs, MULTI, 10, threshold=0.95)
+    assert [(e.index, e.value, e.kind) for e in strict] == [(1, "striped", "missed"), (1, "floral", "false positive")]
 
 
 def _data_uris(html: str) -> list[bytes]:
