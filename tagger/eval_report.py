@@ -59,7 +59,7 @@ CURVE_POINTS = 200  # thresholds sampled on a precision-coverage curve (multi-la
 class Error:
     """One mistake worth showing: an item, the value to explain, and why it is wrong."""
 
-    index: int  # row in the dataset
+    index: int  # row among the labelled items (the rows of ``truth``)
     value: str  # the value the Grad-CAM explains (the wrong top value, or the missed one)
     probability: float
     truth: str
