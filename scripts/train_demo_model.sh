@@ -33,6 +33,7 @@ tagger synth --n "$N_HELDOUT" --seed 2 --missing-rate 0 --noise-rate 0 --split t
 tagger train --data "$RUN/train/manifest.csv" --out "$RUN/model" --backbone "$BACKBONE" --image-size "$IMAGE_SIZE" \
   --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --patience 12 --workers "$LOADER_WORKERS" --seed 0 \
   --name swatch-demo --version "${VERSION:-1.0.0}" --time-budget "$BUDGET" "${INIT[@]}"
-tagger evaluate --model "$RUN/model" --data "$RUN/heldout/manifest.csv" --split test --json "$RUN/heldout-eval.json"
-echo "model in $RUN/model; held-out report in $RUN/heldout-eval.json"
+tagger evaluate --model "$RUN/model" --data "$RUN/heldout/manifest.csv" --split test --json "$RUN/heldout-eval.json" \
+  --report "$RUN/heldout-report.html"
+echo "model in $RUN/model; held-out report in $RUN/heldout-eval.json and $RUN/heldout-report.html"
 echo "to ship it: mkdir -p tagger/models/demo && cp $RUN/model/{weights.safetensors,model_card.json} tagger/models/demo/"
