@@ -34,6 +34,7 @@ from tagger.card import load_model
 from tagger.data import CatalogDataset, LabelEncoder
 from tagger.manifest import read_manifest
 from tagger.metrics import single_label_report
+from tagger.preprocess import normalize_uint8
 
 PENALTIES = (1e-4, 1e-3, 1e-2, 3e-2)
 BACKGROUND = 0.08  # a pixel is product when some channel is this far below white
@@ -53,11 +54,11 @@ def colour_descriptor(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def features(model: torch.nn.Module, dataset: CatalogDataset, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def features(model: torch.nn.Module, dataset: CatalogDataset) -> torch.Tensor:
     """Pooled backbone features of every image."""
     out = []
     for start in range(0, len(dataset.images), 64):
-        x = (dataset.images[start : start + 64].float() / 255 - mean) / std
+        x = normalize_uint8(dataset.images[start : start + 64], dataset.config)
         out.append(model.forward_features(x.contiguous(memory_format=torch.channels_last)))  # type: ignore[operator]
     return torch.cat(out)
 
@@ -98,7 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     model, card = load_model(args.model, torch.device("cpu"))
     taxonomy, config = card.taxonomy_obj(), card.preprocess_config()
-    mean, std = torch.tensor(config.mean).view(1, 3, 1, 1), torch.tensor(config.std).view(1, 3, 1, 1)
     items = read_manifest(args.data)
     heads = [(key, attribute) for key, _, attribute in taxonomy.heads() if key.endswith("." + args.attribute)]
     split_data = {}
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = CatalogDataset(
             [i for i in items if i.split == split], Path(args.data).parent, LabelEncoder(taxonomy), config, train=True
         )
-        cnn = features(model, dataset, mean, std)
+        cnn = features(model, dataset)
         colour = colour_descriptor(dataset.images)
         sets = {"cnn": cnn, "colour": colour, "both": torch.cat([cnn, colour * 3], dim=1)}
         split_data[split] = (sets, dataset.targets)

@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from tagger.data import augment_batch
 from tagger.model import MultiHeadTagger
 from tagger.predict import Predictor
 from tagger.preprocess import PreprocessConfig
 from tagger.taxonomy import load_taxonomy
-from tagger.train import masked_loss
+from tagger.train import train_step
 
 
 def _sample_jpeg(index: int, size: tuple[int, int] = (600, 800)) -> bytes:
@@ -162,8 +161,8 @@ def _runtime_info(predictor: Predictor) -> dict[str, Any]:
 def _train_step_fn(
     backbone: str, image_size: int, batch_size: int, device: torch.device, seed: int
 ) -> tuple[MultiHeadTagger, Callable[[], None]]:
-    """A fresh model and a closure running one real training step on it (augment, forward, masked
-    loss, backward, AdamW) with one fixed batch of random pixels and labels."""
+    """A fresh model and a closure running one real training step on it (:func:`tagger.train.train_step`)
+    with one fixed batch of random pixels and labels."""
     taxonomy = load_taxonomy()
     generator = torch.Generator().manual_seed(seed)
     model = MultiHeadTagger(taxonomy, backbone).to(device).to(memory_format=torch.channels_last).train()
@@ -177,16 +176,18 @@ def _train_step_fn(
             targets[key] = (torch.rand(batch_size, attribute.size, generator=generator) < 0.3).float().to(device)
         else:
             targets[key] = torch.randint(0, attribute.size, (batch_size,), generator=generator).to(device)
-    amp = device.type == "cuda"
 
     def step() -> None:
-        images = augment_batch(pixels, config, generator).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(images)
-        loss = masked_loss(logits, targets, taxonomy, 0.05)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        train_step(
+            model,
+            optimizer,
+            pixels,
+            targets,
+            taxonomy=taxonomy,
+            config=config,
+            generator=generator,
+            label_smoothing=0.05,
+        )
         _sync(device)
 
     return model, step

@@ -36,7 +36,6 @@ import torch
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from tagger.card import ModelCard
 from tagger.errors import TaggerError
 from tagger.evaluate import Evaluation
 from tagger.explain import explain
@@ -163,9 +162,11 @@ def _matrix_png(matrix: NDArray[Any], values: Sequence[str], title: str) -> str:
 
 
 def _calibration_png(
-    x: torch.Tensor, y: torch.Tensor, attribute: Attribute, card: ModelCard, key: str, *, target: float | None
-) -> str:
-    temperature, threshold = card.temperature(key), card.threshold(key)
+    x: torch.Tensor, y: torch.Tensor, attribute: Attribute, probs: NDArray[np.float64], scores: dict[str, Any],
+    *, temperature: float, target: float | None,
+) -> str:  # fmt: skip
+    """Reliability diagram and precision-coverage curve; ``scores`` has the evaluation's calibration fields."""
+    threshold = float(scores["threshold"])
     figure = Figure(figsize=(8.0, 3.4))
     left, right = figure.subplots(1, 2)
     left.plot([0, 1], [0, 1], color="#999", linewidth=1, linestyle="--")
@@ -177,14 +178,12 @@ def _calibration_png(
     left.axvline(threshold, color="#7570b3", linewidth=1, label=f"threshold {threshold:.2f}")
     left.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title="reliability")
     left.legend(fontsize=7, loc="upper left")
-    probs = _probabilities(x, attribute, temperature)
-    truth = y.numpy()
-    coverage, precision = precision_coverage(truth, probs, attribute.multi_label)
+    coverage, precision = precision_coverage(y.numpy(), probs, attribute.multi_label)
     right.plot(coverage, precision, color="#1b9e77")
     if target is not None:
         right.axhline(target, color="#999", linewidth=1, linestyle="--", label=f"target {target:.2f}")
-    at = _at_threshold(truth, probs, attribute.multi_label, threshold)
-    if at is not None:
+    if scores["coverage_at_target"] > 0:  # calibration_fields' numbers at the card's threshold
+        at = (scores["coverage_at_target"], scores["precision_at_target"])
         label = f"threshold: {at[0]:.0%} accepted, precision {at[1]:.3f}"
         right.plot([at[0]], [at[1]], "o", color="#7570b3", label=label)
     low = float(min(0.5, precision.min(initial=1.0)))
@@ -199,21 +198,6 @@ def _calibration_png(
         axes.yaxis.label.set_fontsize(8)
     figure.tight_layout()
     return figure_png(figure)
-
-
-def _at_threshold(
-    truth: NDArray[Any], probs: NDArray[np.float64], multi_label: bool, threshold: float
-) -> tuple[float, float] | None:
-    """(coverage, precision) of accepting at the card's threshold, None when nothing is accepted."""
-    if multi_label:
-        claimed = probs >= threshold
-        if not claimed.any():
-            return None
-        return float(claimed.any(axis=1).mean()), float((truth > 0.5)[claimed].mean())
-    accepted = probs.max(axis=1) >= threshold
-    if not accepted.any():
-        return None
-    return float(accepted.mean()), float((probs.argmax(axis=1) == truth)[accepted].mean())
 
 
 class _Explainer:
@@ -298,7 +282,7 @@ def build_report(
                 ],
             ),
             _matrix_png(confusion(truth, probs, attribute, threshold), attribute.values, f"{key}: confusion (counts)"),
-            _calibration_png(x, y, attribute, card, key, target=target),
+            _calibration_png(x, y, attribute, probs, scores, temperature=temperature, target=target),
         ]
         if explainer is not None:
             errors = worst_errors(truth, probs, attribute, gallery, threshold)

@@ -287,27 +287,54 @@ def _setup(config: TrainConfig, taxonomy: Taxonomy, train_set: CatalogDataset) -
     return _Run(model, loader, batches, optimizer, scheduler, device, train_set.config, generator, strength)
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    *,
+    taxonomy: Taxonomy,
+    config: PreprocessConfig,
+    generator: torch.Generator,
+    strength: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """One optimiser step on a uint8 batch already on the model's device: augment, forward (bf16 on
+    CUDA), masked loss, backward, gradient clipping, update. Returns the detached loss."""
+    device = batch.device
+    images = augment_batch(batch, config, generator, strength=strength).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(images)
+    loss = masked_loss(logits, targets, taxonomy, label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    return loss.detach()
+
+
 def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter: Reporter) -> float:
     """One pass over the training data; returns the mean loss."""
     run.model.train()
     total, count = 0.0, 0
-    amp = run.device.type == "cuda"
     for step, (batch, batch_targets, repeats) in enumerate(run.loader):
         if step >= run.batches:
             break
         strength = torch.where(repeats, run.strength, 1.0)
-        images = augment_batch(batch.to(run.device, non_blocking=True), run.config, run.generator, strength=strength)
-        images = images.contiguous(memory_format=torch.channels_last)
         targets = {k: v.to(run.device, non_blocking=True) for k, v in batch_targets.items()}
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = run.model(images)
-        loss = masked_loss(logits, targets, taxonomy, label_smoothing)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
-        run.optimizer.step()
+        loss = train_step(
+            run.model,
+            run.optimizer,
+            batch.to(run.device, non_blocking=True),
+            targets,
+            taxonomy=taxonomy,
+            config=run.config,
+            generator=run.generator,
+            strength=strength,
+            label_smoothing=label_smoothing,
+        )
         run.scheduler.step()
-        value = float(loss.detach())
+        value = float(loss)
         total, count = total + value, count + 1
         reporter.batch_end(value)
     return total / max(1, count)
