@@ -1,4 +1,8 @@
-"""Model-side commands (`swatch synth`, `train`, `evaluate`, `predict`): thin wiring over tagger."""
+"""Model-side commands (`swatch synth`, `train`, `evaluate`, `predict`, ...): thin wiring over tagger.
+
+:func:`register` adds them, the ``bench`` group (:mod:`tagger.bench_cli`) and the ``dataset`` group
+(:mod:`tagger.dataset_cli`) to a typer app; ``bench_app`` stays importable from here for ``streams.cli``.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tagger.bench_cli import bench_app
+from tagger.console import ProgressReporter, fail, progress_bars
+from tagger.dataset_cli import dataset_app
 from tagger.errors import TaggerError
 
-
-def _fail(exc: TaggerError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(1)
+__all__ = ["bench_app", "calibrate", "evaluate", "explain", "export", "predict", "register", "synth", "train"]
 
 
 def synth(
@@ -32,14 +35,14 @@ def synth(
     from tagger.synth import SynthConfig, generate_catalog
 
     config = SynthConfig(n=n, seed=seed, missing_rate=missing_rate, noise_rate=noise_rate, split=split)
-    with _progress() as progress:
+    with progress_bars() as progress:
         task = progress.add_task("rendering", total=n, info="")
         try:
             manifest = generate_catalog(
                 out, config, progress=lambda done, total: progress.update(task, completed=done), workers=workers
             )
         except TaggerError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
     Console().print(f"wrote {n} products to {manifest}")
 
 
@@ -101,10 +104,10 @@ def train(
             oversample=oversample,
             init_from=str(init_from) if init_from else None,
         )
-        with _progress() as progress:
-            result = run_training(resolved, _ProgressReporter(progress), resume=resume)
+        with progress_bars() as progress:
+            result = run_training(resolved, ProgressReporter(progress), resume=resume)
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     Console().print(
         f"best epoch {result.best_epoch}: validation mean macro-F1 {result.best_score:.4f}; "
         f"model {result.model_id} in {result.model_dir} ({result.seconds:.0f}s); "
@@ -130,7 +133,7 @@ def evaluate(
     try:
         evaluation = run_evaluation(data, model, split, device)
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     result = evaluation.result
     table = Table("attribute", "macro F1", "weighted F1", "support", title=f"{result['model_id']} on {split}")
     for head, scores in result["attributes"].items():
@@ -147,7 +150,7 @@ def evaluate(
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(html, encoding="utf-8")
         except (OSError, TaggerError) as exc:
-            raise _fail(TaggerError(f"cannot write the report {report}: {exc}")) from exc
+            raise fail(TaggerError(f"cannot write the report {report}: {exc}")) from exc
         Console().print(f"HTML report written to {report}")
 
 
@@ -181,7 +184,7 @@ def predict(
                 record.update(predictor.predict(torch.stack([tensor]), [group])[0].to_dict())
             typer.echo(json.dumps(record))
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def explain(
@@ -220,7 +223,7 @@ def explain(
         except OSError as exc:
             raise TaggerError(f"cannot write {out}: {exc}") from exc
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if inferred:
         Console(stderr=True).print(f"group {groups} guessed from the picture; pass --category to choose it")
     if json_output:
@@ -243,141 +246,13 @@ def export(
 
     fmt = next((f for f in FORMATS if f == format_), None)
     if fmt is None:
-        raise _fail(TaggerError(f"format {format_!r} is not {' or '.join(FORMATS)}"))
+        raise fail(TaggerError(f"format {format_!r} is not {' or '.join(FORMATS)}"))
     try:
         path, record = export_model_record(model, fmt, out)
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(str(path))
     typer.echo(f"{record.model_id}: max abs difference from PyTorch {record.max_abs_diff:.3g} ({fmt}, fp32)")
-
-
-bench_app = typer.Typer(help="Measure speed: prints a table and writes JSON.", no_args_is_help=True)
-
-
-@bench_app.command("predict")
-def bench_predict(
-    model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo model).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,64",
-    seconds: Annotated[float, typer.Option(help="Measuring time per batch size.")] = 3.0,
-    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path("bench-predict.json"),
-    runtime: Annotated[
-        str, typer.Option(help="torch, onnx (ONNX Runtime, CPU) or both side by side (torch on the CPU under auto).")
-    ] = "torch",
-) -> None:
-    """Preprocessing and batched inference throughput of the predictor on this machine."""
-    from tagger.bench import bench_predict as run_bench
-    from tagger.predict import Predictor
-
-    if runtime not in ("torch", "onnx", "both"):
-        raise _fail(TaggerError(f"runtime {runtime!r} is not torch, onnx or both"))
-    sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
-    if runtime == "both":
-        _bench_both(model, "cpu" if device == "auto" else device, sizes, seconds, json_path)
-        return
-    try:
-        predictor = Predictor.load(model, device, runtime)
-    except TaggerError as exc:
-        raise _fail(exc) from exc
-    result = run_bench(predictor, sizes, seconds)
-    table = Table("batch size", "median batch ms", "images/s", title=f"{result['model_id']} on {result['device_name']}")
-    for row in result["inference"]:
-        table.add_row(str(row["batch_size"]), f"{row['median_batch_ms']:.1f}", f"{row['images_per_s']:.0f}")
-    Console().print(table)
-    Console().print(f"preprocessing: {result['preprocess_images_per_s_one_thread']:.0f} images/s on one thread")
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    Console().print(f"written to {json_path}")
-
-
-@bench_app.command("train")
-def bench_train(
-    backbones: Annotated[str, typer.Option(help="Comma-separated timm names.")] = "efficientnet_b0,resnet10t",
-    image_sizes: Annotated[str, typer.Option(help="Comma-separated input sizes.")] = "128,224",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 32,
-    rounds: Annotated[int, typer.Option(min=1, help="Round-robin rounds (each times every configuration).")] = 3,
-    steps: Annotated[int, typer.Option(min=1, help="Timed steps per configuration per round.")] = 2,
-    images_per_run: Annotated[
-        int, typer.Option(help="Training images x epochs of a run, to estimate its hours (0: no estimate).")
-    ] = 6400 * 60,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path("bench-train.json"),
-) -> None:
-    """Training throughput (images/s) per backbone and image size, side by side on this machine.
-
-    The default run size is the documented B0 command's: 8,000 products, 80 % for training, 60 epochs.
-    """
-    from tagger.bench import bench_train as run_bench
-    from tagger.predict import pick_device
-
-    try:
-        configs = [
-            (b.strip(), int(s)) for b in backbones.split(",") if b.strip() for s in image_sizes.split(",") if s.strip()
-        ]
-        if not configs:
-            raise ValueError("no backbone or image size given")
-        result = run_bench(
-            configs,
-            pick_device(device),
-            batch_size=batch_size,
-            rounds=rounds,
-            steps_per_round=steps,
-            images_per_run=images_per_run,
-        )
-    except (TaggerError, RuntimeError, ValueError) as exc:
-        raise _fail(TaggerError(f"cannot run the training benchmark: {exc}")) from exc
-    table = Table(
-        "backbone",
-        "size",
-        "params (M)",
-        "median step s",
-        "images/s",
-        "relative",
-        "hours per run",
-        title=f"training steps of {batch_size} on {result['device_name']} ({result['torch_threads']} threads)",
-    )
-    for row in result["results"]:
-        hours = f"{row['hours_per_run']:.1f}" if "hours_per_run" in row else "-"
-        table.add_row(
-            row["backbone"],
-            str(row["image_size"]),
-            f"{row['parameters'] / 1e6:.1f}",
-            f"{row['median_step_s']:.2f}",
-            f"{row['images_per_s']:.1f}",
-            f"{row['relative_to_first']:.2f}",
-            hours,
-        )
-    Console().print(table)
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    Console().print(f"written to {json_path}")
-
-
-def _bench_both(model: Path | None, device: str, sizes: tuple[int, ...], seconds: float, json_path: Path) -> None:
-    from tagger.bench import bench_runtimes
-    from tagger.predict import Predictor
-
-    try:
-        predictors = {"torch": Predictor.load(model, device), "onnx": Predictor.load(model, "cpu", "onnx")}
-    except TaggerError as exc:
-        raise _fail(exc) from exc
-    result = bench_runtimes(predictors, sizes, seconds)
-    title = f"{result['model_id']} on {result['device_name']}, torch {predictors['torch'].device}, onnx cpu"
-    table = Table("batch size", "torch ms", "torch images/s", "onnx ms", "onnx images/s", "onnx/torch", title=title)
-    for row in result["inference"]:
-        torch_row, onnx_row = row["torch"], row["onnx"]
-        table.add_row(
-            str(row["batch_size"]),
-            f"{torch_row['median_batch_ms']:.1f}",
-            f"{torch_row['images_per_s']:.0f}",
-            f"{onnx_row['median_batch_ms']:.1f}",
-            f"{onnx_row['images_per_s']:.0f}",
-            f"{row['onnx_vs_torch']:.2f}x",
-        )
-    Console().print(table)
-    Console().print(f"threads: {result['torch_threads']} (both runtimes); onnx/torch = throughput ratio, same batches")
-    Console().print(f"preprocessing: {result['preprocess_images_per_s_one_thread']:.0f} images/s on one thread")
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    Console().print(f"written to {json_path}")
 
 
 def calibrate(
@@ -393,13 +268,13 @@ def calibrate(
     from tagger.calibrate import calibrate_model, reliability_png
 
     if split == "train":
-        raise _fail(TaggerError("calibrating on the training split would make the model look certain; use val"))
+        raise fail(TaggerError("calibrating on the training split would make the model look certain; use val"))
     try:
         card, heads = calibrate_model(
             data, model, split=split, target_precision=target_precision, device=device, write=not dry_run
         )
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table(
         "attribute",
         "T",
@@ -436,41 +311,4 @@ def register(app: typer.Typer) -> None:
     app.command()(explain)
     app.command()(export)
     app.add_typer(bench_app, name="bench")
-    from tagger.dataset_cli import dataset_app  # imports this module: bound at registration
-
     app.add_typer(dataset_app, name="dataset")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True),
-    )
-
-
-class _ProgressReporter:
-    """Draws the training loop's progress: one bar per epoch with loss, then a line of scores."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: Any = None
-        self.loss = 0.0
-
-    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
-        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=batches, info="")
-
-    def batch_end(self, loss: float) -> None:
-        self.loss = loss if self.loss == 0.0 else 0.9 * self.loss + 0.1 * loss
-        self.progress.update(self.task, advance=1, info=f"loss {self.loss:.3f}")
-
-    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
-        mark = " (best)" if summary["best"] else ""
-        line = f"loss {summary['loss']:.3f} val macro-F1 {summary['val_macro_f1']:.4f}{mark}"
-        self.progress.update(self.task, info=line)
-        if not self.progress.console.is_terminal:  # logs get one plain line per epoch
-            self.progress.console.print(f"epoch {epoch}: {line} lr {summary['lr']:.2e}", highlight=False)

@@ -9,18 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tagger.cli import _progress, _ProgressReporter
+from tagger.console import ProgressReporter, fail, progress_bars
 from tagger.errors import TaggerError
 
 dataset_app = typer.Typer(
     help="Dataset hygiene: curate a manifest (duplicates, bad images, merges, rare values, leaks); audit labels.",
     no_args_is_help=True,
 )
-
-
-def _fail(exc: TaggerError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(1)
 
 
 @dataset_app.command("curate")
@@ -50,7 +45,7 @@ def curate(  # noqa: PLR0917 - typer commands take one argument per option
             taxonomy=str(taxonomy) if taxonomy else None,
             threads=threads,
         )
-        with _progress() as progress:
+        with progress_bars() as progress:
             task = progress.add_task("checking images", total=None, info="")
             result = run_curate(
                 manifest, out, config, lambda done, total: progress.update(task, completed=done, total=total)
@@ -58,7 +53,7 @@ def curate(  # noqa: PLR0917 - typer commands take one argument per option
         if report is not None:
             write_report_html(result, report)
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table("what", "count", title=f"{result.items_in} rows -> {result.items_out}")
     for key, value in result.to_dict()["counts"].items():
         if key not in ("items_in", "items_out"):
@@ -110,19 +105,19 @@ def audit(  # noqa: PLR0917 - typer commands take one argument per option
             taxonomy=str(taxonomy) if taxonomy else None,
         )
         console = Console(stderr=True)
-        with _progress() as progress:
+        with progress_bars() as progress:
             issues = run_audit(
                 data,
                 config,
                 notes=notes,
                 progress=lambda line: console.print(line, highlight=False),
-                reporter=_ProgressReporter(progress),
+                reporter=ProgressReporter(progress),
             )
         write_issues_csv(issues, out)
         if report is not None:
             write_audit_html(issues, report, notes)
     except TaggerError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table("rank", "id", "attribute", "given", "suggested", "quality", title=f"{len(issues)} labels to check")
     for issue in issues[:15]:
         table.add_row(
