@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from tagger.card import CARD_FILE, ModelCard, load_model
+from tagger.card import CARD_FILE, ModelCard, default_model_dir, load_model
 from tagger.data import CatalogDataset, DataError, LabelEncoder
 from tagger.errors import TaggerError
 from tagger.evaluate import collect_logits, split_like_training
@@ -43,7 +43,7 @@ from tagger.metrics import (
     reliability,
     threshold_for_precision,
 )
-from tagger.predict import default_model_dir, pick_device
+from tagger.predict import pick_device
 from tagger.taxonomy import Attribute
 
 DEFAULT_TARGET_PRECISION = 0.95

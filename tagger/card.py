@@ -28,10 +28,19 @@ CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FORMAT = 1
 DEFAULT_THRESHOLD = 0.5
+PACKAGED_MODELS_DIR = Path(__file__).resolve().parent / "models"  # model directories shipped in the wheel
+DEMO_MODEL_DIR = PACKAGED_MODELS_DIR / "demo"
 
 
 class ModelCardError(TaggerError):
     """A model directory is missing, incomplete or corrupt."""
+
+
+def default_model_dir() -> Path:
+    """The demo model shipped with Swatch (used wherever no model is named)."""
+    if not (DEMO_MODEL_DIR / CARD_FILE).is_file():
+        raise ModelCardError(f"the demo model is missing from {DEMO_MODEL_DIR}; reinstall swatch or pass --model DIR")
+    return DEMO_MODEL_DIR
 
 
 def sha256_file(path: Path) -> str:

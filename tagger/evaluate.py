@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tagger.card import ModelCard, load_model
+from tagger.card import ModelCard, default_model_dir, load_model
 from tagger.data import CatalogDataset, DataError, LabelEncoder, stratified_split
 from tagger.manifest import CatalogItem, read_manifest
 from tagger.metrics import calibration_fields, report_from_indicators, single_label_report
 from tagger.model import MultiHeadTagger
-from tagger.predict import default_model_dir, pick_device
+from tagger.predict import pick_device
 from tagger.taxonomy import Taxonomy
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tagger.card import ModelCard, ModelCardError, load_model, sha256_file
+from tagger.card import PACKAGED_MODELS_DIR, ModelCard, ModelCardError, default_model_dir, load_model, sha256_file
 from tagger.errors import TaggerError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 3)  # differ from the batch the export is traced with: exercises the dynamic batch
 _TRACE_BATCH_SIZE = 2
-_PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
 
 Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -141,7 +140,7 @@ def cache_dir(card: ModelCard) -> Path:
 def default_export_dir(model_dir: Path, card: ModelCard) -> Path:
     """The model folder when it is writable and not shipped inside the package; else the cache folder."""
     resolved = model_dir.resolve()
-    if os.access(resolved, os.W_OK) and not resolved.is_relative_to(_PACKAGED_MODELS):
+    if os.access(resolved, os.W_OK) and not resolved.is_relative_to(PACKAGED_MODELS_DIR):
         return resolved
     return cache_dir(card)
 
@@ -182,8 +181,6 @@ def export_model_record(
     model_dir: str | Path | None, fmt: ExportFormat, out: Path | None = None
 ) -> tuple[Path, ExportRecord]:
     """Like :func:`export_model`, also returning the sidecar record (hash, measured difference)."""
-    from tagger.predict import default_model_dir  # noqa: PLC0415 - predict imports this module
-
     directory = Path(model_dir) if model_dir is not None else default_model_dir()
     if not directory.is_dir():
         raise ModelCardError(f"model directory {directory} does not exist")

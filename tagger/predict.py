@@ -18,24 +18,15 @@ from typing import Any, Literal
 
 import torch
 
-from tagger.card import ModelCard, ModelCardError, load_model
+from tagger.card import ModelCard, default_model_dir, load_model
 from tagger.errors import TaggerError
 from tagger.export import OnnxRunner, load_onnx_runner
 from tagger.preprocess import PreprocessConfig, preprocess
 
 logger = logging.getLogger(__name__)
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models" / "demo"
-
 Runtime = Literal["torch", "onnx"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx")
-
-
-def default_model_dir() -> Path:
-    """The demo model shipped with Swatch (used wherever no model is named)."""
-    if not (DEMO_MODEL_DIR / "model_card.json").is_file():
-        raise ModelCardError(f"the demo model is missing from {DEMO_MODEL_DIR}; reinstall swatch or pass --model DIR")
-    return DEMO_MODEL_DIR
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tagger.card import read_card
+from tagger.card import DEMO_MODEL_DIR, read_card
 from tagger.manifest import read_manifest
-from tagger.predict import DEMO_MODEL_DIR, Predictor
+from tagger.predict import Predictor
 from tagger.synth import SynthConfig, generate_catalog
 
 # Top-1 accuracy per head on clean products from an unseen seed. The held-out report in the README

@@ -14,7 +14,16 @@ from typer.testing import CliRunner
 
 from tagger import export as export_module
 from tagger.__main__ import app
-from tagger.card import CARD_FILE, WEIGHTS_FILE, ModelCard, ModelCardError, read_card, save_model, sha256_file
+from tagger.card import (
+    CARD_FILE,
+    DEMO_MODEL_DIR,
+    WEIGHTS_FILE,
+    ModelCard,
+    ModelCardError,
+    read_card,
+    save_model,
+    sha256_file,
+)
 from tagger.export import (
     EXPORT_FILES,
     INPUT_NAME,
@@ -31,7 +40,7 @@ from tagger.export import (
     read_record,
 )
 from tagger.model import TINY_BACKBONE, MultiHeadTagger
-from tagger.predict import DEMO_MODEL_DIR, Predictor
+from tagger.predict import Predictor
 from tagger.preprocess import PreprocessConfig
 from tagger.taxonomy import Taxonomy
 from tests.tagger.conftest import TINY_SIZE, jpeg
