@@ -21,6 +21,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check streams tagger tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
