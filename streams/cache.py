@@ -1,4 +1,7 @@
-"""Redis as an accelerator: predictions by image hash and model id, and the last published listing version.
+"""Redis as an accelerator: predictions by image hash and model id, and each listing's last published version.
+
+The version rule itself (never publish an older version) lives in :mod:`streams.worker.gate`;
+this module only stores the numbers.
 
 Every call has a timeout, and every Redis failure is logged, counted and treated as a miss (or, for
 the version store, as "unknown"): the worker fails open and keeps tagging. After a failure the
@@ -16,7 +19,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -113,9 +115,18 @@ class _Coalescer(Generic[V]):
 class RedisStore:
     """The worker's Redis: prediction cache and version store, sharing one client and one breaker."""
 
-    def __init__(self, url: str | None, settings: RedisSettings, model_id: str, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        settings: RedisSettings,
+        model_id: str,
+        metrics: WorkerMetrics,
+        *,
+        version_namespace: str = "",
+    ) -> None:
         self.settings = settings
         self.model_id = model_id
+        self.version_namespace = version_namespace
         self.metrics = metrics
         self.timeout_s = settings.timeout_ms / 1000
         self._client: aioredis.Redis | None = None
@@ -134,8 +145,6 @@ class RedisStore:
         self._writes: _Coalescer[None] = _Coalescer(self._set_many)
         self._version_reads: _Coalescer[int] = _Coalescer(self._versions_many)
         self._version_writes: _Coalescer[None] = _Coalescer(self._record_many)
-        self._versions: OrderedDict[str, int] = OrderedDict()  # local memory of published versions
-        self._versions_max = 100_000
 
     @property
     def enabled(self) -> bool:
@@ -147,8 +156,13 @@ class RedisStore:
         return f"{self.settings.key_prefix}{self.model_id}:{content_hash}"
 
     def version_key(self, listing_id: str) -> str:
-        """Key of a listing's last published version."""
-        return f"{self.settings.version_prefix}{listing_id}"
+        """Key of a listing's last published version, in this deployment's namespace (its output topic).
+
+        Two deployments sharing a Redis with different topics never see each other's versions.
+        """
+        if not self.version_namespace:
+            return f"{self.settings.version_prefix}{listing_id}"
+        return f"{self.settings.version_prefix}{self.version_namespace}:{listing_id}"
 
     # -- predictions ----------------------------------------------------------------------------
 
@@ -200,22 +214,11 @@ class RedisStore:
     # -- listing versions -----------------------------------------------------------------------
 
     async def last_version(self, listing_id: str) -> int | None:
-        """The highest version published for a listing, from this process or Redis (None when unknown)."""
-        local = self._versions.get(listing_id)
-        remote = (await self._version_reads.submit({listing_id: None}) or {}).get(listing_id)
-        known = [v for v in (local, remote) if v is not None]
-        return max(known) if known else None
-
-    def note_version(self, listing_id: str, version: int) -> None:
-        """Remember locally that ``version`` of a listing is being published (kept as the maximum)."""
-        self._versions[listing_id] = max(version, self._versions.get(listing_id, version))
-        self._versions.move_to_end(listing_id)
-        while len(self._versions) > self._versions_max:
-            self._versions.popitem(last=False)
+        """The highest version any worker published for a listing (None when unknown or Redis fails)."""
+        return (await self._version_reads.submit({listing_id: None}) or {}).get(listing_id)
 
     async def record_version(self, listing_id: str, version: int) -> None:
-        """Remember, here and in Redis for every worker, that ``version`` of a listing was published."""
-        self.note_version(listing_id, version)
+        """Remember in Redis, for every worker, that ``version`` of a listing was published (keeps the maximum)."""
         await self._version_writes.submit({listing_id: version})
 
     async def _versions_many(self, ids: dict[str, Any]) -> dict[str, int] | None:

@@ -126,6 +126,13 @@ class RegistrySettings(_Section):
     auto_register: bool = Field(
         True, description="Register schemas on first use; set false where schemas are registered by CI only."
     )
+    compatibility: Literal[
+        "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"
+    ] = Field(
+        "FULL_TRANSITIVE",
+        description="Compatibility level set on every subject Swatch registers (with auto-register on). The "
+        "registry's own default, BACKWARD, accepts removing a required field, which breaks old readers.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -265,7 +272,34 @@ class WorkerSettings(_Section):
         "this times SWATCH_FETCH_MAX_BYTES.",
     )
     preprocess_threads: int = Field(2, ge=1, le=256, description="Threads decoding and resizing images.")
-    metrics_host: str = Field("0.0.0.0", description="Address of /metrics, /healthz and /readyz.")  # noqa: S104
+    listing_retries: int = Field(
+        2, ge=0, le=100, description="Retries of a listing whose model batch failed, before it is dead-lettered."
+    )
+    max_internal_errors: int = Field(
+        20,
+        ge=0,
+        le=100_000,
+        description="Unexpected errors (bugs) tolerated per SWATCH_WORKER_INTERNAL_ERROR_WINDOW_S, each dead-lettered "
+        "as internal_error; one more stops the worker with exit code 1.",
+    )
+    internal_error_window_s: float = Field(
+        60.0, gt=0, le=86_400, description="The window of SWATCH_WORKER_MAX_INTERNAL_ERRORS."
+    )
+    stuck_after_s: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="/healthz turns 503 when a listing has been in flight this long, or an assigned partition's "
+        "commit position has not moved for this long while records wait behind it.",
+    )
+    loop_stall_s: float = Field(
+        30.0, gt=0, le=3_600, description="/healthz turns 503 when the event loop has not turned for this long."
+    )
+    metrics_host: str | None = Field(
+        None,
+        description="Address of /metrics, /healthz and /readyz. Unset: 0.0.0.0 inside Kubernetes "
+        "(KUBERNETES_SERVICE_HOST is set), 127.0.0.1 elsewhere.",
+    )
     metrics_port: int = Field(
         9400, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz; 0 = any free port."
     )

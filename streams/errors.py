@@ -7,12 +7,7 @@ a dead letter without having to hold on to the original message separately.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tagger.errors import SwatchError
-
-if TYPE_CHECKING:
-    from streams.produce import PublishReport
 
 __all__ = [
     "CodecError",
@@ -20,11 +15,14 @@ __all__ = [
     "DecodeError",
     "EmbeddedStackError",
     "EncodeError",
+    "FatalError",
     "KafkaAdminError",
     "ProduceError",
-    "PublishError",
+    "RegistryRefusedError",
+    "RegistryUnavailableError",
     "SwatchError",
     "TopicNotFoundError",
+    "TransientError",
     "UnknownSchemaError",
 ]
 
@@ -37,8 +35,24 @@ class CodecError(SwatchError):
     """Base class of Avro encoding and decoding errors."""
 
 
+class TransientError(SwatchError):
+    """Infrastructure that is expected to come back (broker, registry, Redis): retry, never dead-letter."""
+
+
+class FatalError(SwatchError):
+    """The worker cannot go on without an operator (credentials, authorisation, a refused schema): stop."""
+
+
 class EncodeError(CodecError):
-    """A record does not match its schema, or the schema registry refused it."""
+    """A record does not match its schema, or cannot be serialised."""
+
+
+class RegistryRefusedError(EncodeError, FatalError):
+    """The schema registry answered and refused a schema (incompatible, invalid, unauthorised)."""
+
+
+class RegistryUnavailableError(CodecError, TransientError):
+    """The schema registry could not be reached or failed (timeout, connection error, HTTP 5xx)."""
 
 
 class DecodeError(CodecError):
@@ -91,11 +105,3 @@ class TopicNotFoundError(SwatchError):
 
 class ProduceError(SwatchError):
     """Listing events could not be built from a manifest (no usable image URL, bad options)."""
-
-
-class PublishError(ProduceError):
-    """Some records were not acknowledged by the broker; ``report`` says how many and why."""
-
-    def __init__(self, message: str, report: PublishReport) -> None:
-        super().__init__(message)
-        self.report = report

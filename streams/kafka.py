@@ -72,6 +72,20 @@ def consumer_config(kafka: KafkaSettings, group_id: str | None = None, bootstrap
     return conf
 
 
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+
+
+def max_message_bytes(kafka: KafkaSettings) -> int:
+    """The largest record the producer sends: ``message.max.bytes`` from the extra properties, else librdkafka's."""
+    raw = kafka.extra.get("message.max.bytes")
+    if raw is None:
+        return DEFAULT_MESSAGE_MAX_BYTES
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"SWATCH_KAFKA_EXTRA: message.max.bytes={raw!r} is not a whole number of bytes") from None
+
+
 def admin_config(kafka: KafkaSettings, bootstrap: str | None = None) -> dict[str, Any]:
     """An admin client for creating and describing topics."""
     return common_config(kafka, bootstrap) | kafka.extra

@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics and its HTTP endpoints: /metrics, /healthz (loop alive), /readyz.
+"""The worker's Prometheus metrics (served with the probes by :mod:`streams.worker.health`).
 
 Each worker has its own registry, so several workers in one process (the tests) do not share
 counters. Every metric name starts with ``swatch_``; the README lists them.
@@ -6,12 +6,7 @@ counters. Every metric name starts with ``swatch_``; the README lists them.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -62,12 +57,45 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.processing = Histogram(
+            "swatch_processing_latency_seconds",
+            "From the worker consuming a listing to the broker's acknowledgement of its attribute event.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("swatch_in_flight_listings", "Listings consumed and not yet finished.", registry=r)
         self.paused = Gauge("swatch_paused_partitions", "Partitions paused for backpressure.", registry=r)
         self.pauses = Counter("swatch_backpressure_pauses", "Times the worker paused its partitions.", registry=r)
         self.assigned = Gauge("swatch_assigned_partitions", "Partitions assigned to this worker.", registry=r)
         self.commits = Counter("swatch_offset_commits", "Offset commits that the broker accepted.", registry=r)
         self.rebalances = Counter("swatch_rebalances", "Partition assignment changes, by kind.", ["kind"], registry=r)
+        self.commit_failures = Counter(
+            "swatch_offset_commit_failures",
+            "Partitions whose offset commit failed (retried at the next commit), by error.",
+            ["error"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "swatch_internal_errors", "Unexpected exceptions (bugs) while processing a listing.", registry=r
+        )
+        self.retries = Counter(
+            "swatch_listing_retries",
+            "Listings retried, by cause (broker, registry, model).",
+            ["cause"],
+            registry=r,
+        )
+        self.delivery_errors = Counter(
+            "swatch_delivery_errors",
+            "Outputs the broker did not acknowledge, by error code (retried, dead-lettered or fatal).",
+            ["error"],
+            registry=r,
+        )
+        self.version_gate = Counter(
+            "swatch_version_gate", "Version checks before publishing, by result (pass, stale).", ["result"], registry=r
+        )
+        self.degraded = Gauge(
+            "swatch_degraded", "1 while a component (broker, registry, redis) is failing.", ["component"], registry=r
+        )
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when absent): for tests and the demo summary."""
@@ -77,64 +105,3 @@ class WorkerMetrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
-
-
-class HealthServer:
-    """/metrics, /healthz and /readyz on the worker's own event loop.
-
-    /healthz answers 200 while the consume loop has turned within ``stall_after_s`` (a wedged
-    loop cannot answer at all, which the probe's timeout catches); /readyz answers 200 once the
-    model is loaded and partitions are assigned.
-    """
-
-    def __init__(
-        self,
-        metrics: WorkerMetrics,
-        host: str,
-        port: int,
-        *,
-        last_turn: Callable[[], float],
-        ready: Callable[[], tuple[bool, str]],
-        stall_after_s: float = 60.0,
-    ) -> None:
-        self.metrics = metrics
-        self.host, self.port = host, port
-        self._last_turn = last_turn
-        self._ready = ready
-        self._stall_after_s = stall_after_s
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> int:
-        """Serve; returns the bound port (useful with port 0)."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server  # aiohttp does not expose the bound port otherwise
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
-        return self.port
-
-    async def stop(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        age = time.monotonic() - self._last_turn()
-        if age > self._stall_after_s:
-            return web.json_response({"ok": False, "reason": f"consume loop stalled for {age:.0f}s"}, status=503)
-        return web.json_response({"ok": True, "loop_age_s": round(age, 3)})
-
-    async def _readyz(self, _: web.Request) -> web.Response:
-        ready, reason = self._ready()
-        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)

@@ -33,7 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.codec import Codec, listing_event_id, now_millis
 from streams.config import Settings
-from streams.errors import ProduceError, PublishError
+from streams.errors import ProduceError
 from streams.kafka import producer_config
 from streams.topics import topic_partitions
 from tagger.manifest import CatalogItem, read_manifest
@@ -79,6 +79,14 @@ class PublishReport:
         """One line: how many records failed and why (most frequent reason first)."""
         reasons = "; ".join(f"{reason} ({count})" for reason, count in Counter(self.errors).most_common())
         return f"{self.failed} of {self.total} records to {self.topic} were not acknowledged: {reasons}"
+
+
+class PublishError(ProduceError):
+    """Some records were not acknowledged by the broker; ``report`` says how many and why."""
+
+    def __init__(self, message: str, report: PublishReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 # -- building listing events ------------------------------------------------------------------

@@ -76,6 +76,11 @@ class OffsetTracker:
             if partition is not None:
                 partition.committed = position
 
+    def committed(self, tp: TopicPartitionKey) -> int | None:
+        """The position last accepted by the broker for ``tp`` (None before the first commit)."""
+        partition = self._partitions.get(tp)
+        return None if partition is None else partition.committed
+
     def forget(self, tps: set[TopicPartitionKey]) -> None:
         """Drop the state of partitions this worker no longer owns."""
         for tp in tps:

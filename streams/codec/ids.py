@@ -23,8 +23,14 @@ def listing_event_id(listing_id: str, listing_version: int) -> str:
     return _digest("swatch.listing", listing_id, listing_version)
 
 
-def attribute_event_id(listing_id: str, listing_version: int, model_id: str, decision_id: str = "") -> str:
-    """Id of an attribute event: per listing version and model, plus the decision for human ones."""
+def attribute_event_id(listing_id: str, listing_version: int, model_id: str, decision_id: str | None = None) -> str:
+    """Id of an attribute event: per listing version and model, plus the decision's id for human ones.
+
+    A model's event hashes three parts; an event made from a reviewer's decision hashes a fourth,
+    the decision's ``event_id`` (no empty part is ever hashed, so the README's recipe reproduces it).
+    """
+    if decision_id is None:
+        return _digest("swatch.attributes", listing_id, listing_version, model_id)
     return _digest("swatch.attributes", listing_id, listing_version, model_id, decision_id)
 
 

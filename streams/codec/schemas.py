@@ -15,6 +15,7 @@ from typing import Any
 
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from streams.codec.canonical import canonical_form
 from streams.errors import CodecError
 
 SCHEMA_NAMES = ("listing_event", "attribute_event", "review_request", "review_decision", "dead_letter")
@@ -40,6 +41,15 @@ class AvroSchema:
     parsed: Any = field(repr=False)
     canonical: str = field(repr=False)
     fingerprint: bytes
+    apache_fingerprint: bytes = field(repr=False)
+
+    @property
+    def version(self) -> int:
+        """The ``schema_version`` this schema's records carry: the default of that field in the ``.avsc``."""
+        for f in self.parsed["fields"]:
+            if f["name"] == "schema_version":
+                return int(f["default"])
+        raise CodecError(f"schema {self.name} ({self.release}) has no schema_version field")
 
     @property
     def full_name(self) -> str:
@@ -54,9 +64,14 @@ class AvroSchema:
         except Exception as exc:  # fastavro raises several unrelated types for a bad schema
             raise CodecError(f"schema {name} ({release}) is not valid Avro: {exc}") from exc
         canonical = to_parsing_canonical_form(parsed)
-        # fastavro returns the fingerprint as the hex of its little-endian bytes, which is exactly
-        # the order the single-object header uses.
-        return cls(name, release, text, parsed, canonical, bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")))
+        apache = canonical_form(json.loads(text), "apache")
+        return cls(name, release, text, parsed, canonical, _crc64(canonical), _crc64(apache))
+
+
+def _crc64(canonical: str) -> bytes:
+    # fastavro returns the fingerprint as the hex of its little-endian bytes, which is exactly the
+    # order the single-object header uses.
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 def _release_key(path: Path) -> int:
@@ -86,11 +101,14 @@ class SchemaSet:
         except OSError as exc:
             raise CodecError(f"cannot read schema {path}: {exc}") from exc
         schema = AvroSchema.from_text(name, release, text)
-        known = self._by_fingerprint.get(schema.fingerprint)
-        if known is not None and known.name != name:
-            raise CodecError(f"{path} has the same fingerprint as schema {known.name}")
-        # The current schema wins over an identical released one, so decoding skips resolution.
-        self._by_fingerprint.setdefault(schema.fingerprint, schema)
+        # Both the specification's fingerprint and the one Apache's Python avro package computes
+        # (it differs for logical types) name this schema, so either producer's header decodes.
+        for fp in (schema.fingerprint, schema.apache_fingerprint):
+            known = self._by_fingerprint.get(fp)
+            if known is not None and known.name != name:
+                raise CodecError(f"{path} has the same fingerprint as schema {known.name}")
+            # The current schema wins over an identical released one, so decoding skips resolution.
+            self._by_fingerprint.setdefault(fp, schema)
         return schema
 
     def current(self, name: str) -> AvroSchema:
@@ -106,7 +124,10 @@ class SchemaSet:
         return list(self._released[name])
 
     def by_fingerprint(self, fp: bytes) -> AvroSchema | None:
-        """The schema (current or released) whose CRC-64-AVRO fingerprint is ``fp``."""
+        """The schema (current or released) whose CRC-64-AVRO fingerprint is ``fp``.
+
+        Both the specification's fingerprint and Apache's Python avro variant are recognised.
+        """
         return self._by_fingerprint.get(fp)
 
 

@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.schema_registry.schema_registry_client import ConfigCompatibilityLevel, ServerConfig
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
 from streams.codec.schemas import AvroSchema, SchemaSet, default_schemas
 from streams.config import RegistrySettings
-from streams.errors import DecodeError, EncodeError, UnknownSchemaError
+from streams.errors import (
+    DecodeError,
+    EncodeError,
+    RegistryRefusedError,
+    RegistryUnavailableError,
+    UnknownSchemaError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +40,7 @@ _SO_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
 _CF_HEADER = len(CONFLUENT_MAGIC) + 4
 
 WireFormat = Literal["single-object", "confluent"]
+RegistryFactory = Callable[[dict[str, Any]], SchemaRegistryClient]
 
 
 class Codec:
@@ -42,22 +52,54 @@ class Codec:
         registry: SchemaRegistryClient | None = None,
         *,
         auto_register: bool = True,
+        compatibility: str | None = None,
     ) -> None:
         self.schemas = schemas or default_schemas()
         self.registry = registry
         self.auto_register = auto_register
+        self.compatibility = compatibility
         self._ids: dict[tuple[str, bytes], int] = {}
         self._writers_by_id: dict[int, AvroSchema] = {}
 
     @classmethod
-    def from_settings(cls, settings: RegistrySettings) -> Codec:
-        """A codec for the configured wire format (a registry client only when a URL is set)."""
+    def from_settings(cls, settings: RegistrySettings, factory: RegistryFactory | None = None) -> Codec:
+        """A codec for the configured wire format (a registry client only when a URL is set).
+
+        ``factory`` builds the registry client from its configuration (default
+        ``SchemaRegistryClient.new_client``, which gives an in-memory registry for ``mock://``);
+        tests hand in one that fails on cue.
+        """
         if settings.url is None:
             return cls()
         conf: dict[str, Any] = {"url": settings.url}
         if settings.basic_auth is not None:
             conf["basic.auth.user.info"] = settings.basic_auth.get_secret_value()
-        return cls(registry=SchemaRegistryClient.new_client(conf), auto_register=settings.auto_register)
+        client = (factory or SchemaRegistryClient.new_client)(conf)
+        return cls(registry=client, auto_register=settings.auto_register, compatibility=settings.compatibility)
+
+    def needs_registry(self, name: str, topic: str | None = None, data: bytes | None = None) -> bool:
+        """Whether encoding for ``topic`` or decoding ``data`` would call the registry (not cached yet).
+
+        The registry client blocks on HTTP; callers on an event loop run such calls on a thread.
+        """
+        if self.registry is None:
+            return False
+        if data is not None:
+            raw = bytes(data)
+            return raw[:1] == CONFLUENT_MAGIC and len(raw) >= _CF_HEADER and (
+                int.from_bytes(raw[1:_CF_HEADER], "big") not in self._writers_by_id
+            )
+        return topic is not None and (f"{topic}-value", self.schemas.current(name).fingerprint) not in self._ids
+
+    def prepare(self, name: str, topic: str) -> int | None:
+        """Register (or look up) ``name``'s current schema under ``<topic>-value`` now; returns the id.
+
+        Raises :class:`RegistryUnavailableError` when the registry cannot be reached (retry later)
+        and :class:`RegistryRefusedError` when it refuses the schema.
+        """
+        if self.registry is None:
+            return None
+        return self._schema_id(f"{topic}-value", self.schemas.current(name))
 
     @property
     def wire_format(self) -> WireFormat:
@@ -92,15 +134,25 @@ class Codec:
         cached = self._ids.get(key)
         if cached is not None:
             return cached
+        registry = self.registry
+        if registry is None:
+            raise EncodeError("no schema registry configured")
         registry_schema = Schema(schema.text, "AVRO")
         try:
             if self.auto_register:
-                schema_id = self.registry.register_schema(subject, registry_schema)  # type: ignore[union-attr]
+                if self.compatibility is not None:
+                    level = ConfigCompatibilityLevel(self.compatibility)
+                    registry.set_config(subject, ServerConfig(compatibility=level))
+                schema_id: int | None = registry.register_schema(subject, registry_schema)
             else:
-                schema_id = self.registry.lookup_schema(subject, registry_schema).schema_id  # type: ignore[union-attr]
+                schema_id = registry.lookup_schema(subject, registry_schema).schema_id
         except Exception as exc:  # the client raises SchemaRegistryError and transport errors alike
+            if _unavailable(exc):
+                raise RegistryUnavailableError(
+                    f"schema registry unreachable registering {schema.name} under {subject}: {_brief(exc)}"
+                ) from exc
             hint = "" if self.auto_register else " (SWATCH_REGISTRY_AUTO_REGISTER=false: register it first)"
-            raise EncodeError(
+            raise RegistryRefusedError(
                 f"schema registry refused {schema.name} for subject {subject}: {_brief(exc)}{hint}"
             ) from exc
         if schema_id is None:
@@ -164,6 +216,10 @@ class Codec:
                 registered = self.registry.get_schema(schema_id)
                 text = registered.schema_str if registered is not None else None
             except Exception as exc:  # SchemaRegistryError (unknown id) or a transport error
+                if _unavailable(exc):
+                    raise RegistryUnavailableError(
+                        f"schema registry unreachable looking up schema {schema_id}: {_brief(exc)}"
+                    ) from exc
                 raise UnknownSchemaError(f"schema registry has no schema {schema_id}: {_brief(exc)}", raw) from exc
             if not text:
                 raise UnknownSchemaError(f"schema registry has no schema {schema_id}", raw)
@@ -177,6 +233,14 @@ class Codec:
         if cached.fingerprint == reader.fingerprint:
             return reader
         return cached
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a registry client error means "not reachable now" rather than "refused"."""
+    if isinstance(exc, SchemaRegistryError):
+        # -1 is the client's code for "no JSON answer" (a proxy's error page); 5xx, 408 and 429 are transient.
+        return exc.http_status_code >= 500 or exc.http_status_code in (408, 429) or exc.http_status_code < 0
+    return isinstance(exc, OSError | TimeoutError | ConnectionError) or type(exc).__module__.startswith("httpx")
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:

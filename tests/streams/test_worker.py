@@ -180,7 +180,7 @@ def test_review_routing_cache_dead_letters_tombstones_and_stale_versions(
     dead = reader.of("dlq", "junk")[0].value
     assert dead is not None
     assert dead["reason"] == "undecodable" and dead["original_value"] == b"not avro at all"
-    assert dead["original_topic"] == settings.topics.listings and dead["error_class"] == "DecodeError"
+    assert dead["original_topic"] == settings.topics.listings and dead["error_class"] == "streams.errors.DecodeError"
     assert "not Avro" in dead["error_message"] or dead["error_message"]
 
     tombstones = [o for o in reader.of("attributes", "R1") if o.value is None]

@@ -120,7 +120,7 @@ REALISTIC: dict[str, dict[str, Any]] = {
         "comment": "model confused cap and short sleeves",
     },
     "dead_letter": {
-        "schema_version": 1,
+        "schema_version": 2,
         "event_id": dead_letter_id("listings", 3, 1042),
         "original_topic": "listings",
         "original_partition": 3,
@@ -128,6 +128,8 @@ REALISTIC: dict[str, dict[str, Any]] = {
         "original_timestamp": T0,
         "original_key": b"L-1",
         "original_value": b"\x00\xff not avro",
+        "original_value_size": 11,
+        "truncated": False,
         "original_headers": [{"key": "trace-id", "value": b"abc"}, {"key": "empty", "value": None}],
         "reason": "undecodable",
         "error_class": "streams.errors.DecodeError",

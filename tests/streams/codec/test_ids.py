@@ -35,3 +35,22 @@ def test_ids_follow_the_documented_construction() -> None:
     expected = hashlib.sha256(b"swatch.listing" + b"\x00\x00\x00\x03L-1" + b"\x00\x00\x00\x017").hexdigest()
     assert listing_event_id("L-1", 7) == expected
     assert expected == "d16160e15396ddd2155c407a4e14565ac1d3bfedd727ec01fc39e28c31293c38"
+
+
+def _readme_digest(kind: str, *parts: str) -> str:
+    """The README's words: hex SHA-256 of the kind tag, then each part as 4-byte big-endian length + UTF-8."""
+    digest = hashlib.sha256(kind.encode())
+    for part in parts:
+        digest.update(len(part.encode()).to_bytes(4, "big") + part.encode())
+    return digest.hexdigest()
+
+
+def test_attribute_event_id_follows_the_readme_recipe() -> None:
+    # README, "Topics and schemas": listing id + listing version + model id, and the decision's
+    # event_id as a fourth part only for events made from a reviewer's decision.
+    assert attribute_event_id("L-1", 7, "m@1+ab") == _readme_digest("swatch.attributes", "L-1", "7", "m@1+ab")
+    assert attribute_event_id("L-1", 7, "m@1+ab", "d-9") == _readme_digest(
+        "swatch.attributes", "L-1", "7", "m@1+ab", "d-9"
+    )
+    assert review_request_id("L-1", 7, "m@1+ab") == _readme_digest("swatch.review", "L-1", "7", "m@1+ab")
+    assert dead_letter_id("listings", 3, 42) == _readme_digest("swatch.dlq", "listings", "3", "42")

@@ -1,0 +1,213 @@
+"""A listing's images: fetch, hash, share identical ones in flight, cache, preprocess, micro-batch.
+
+Written against three small protocols (an image source, a prediction store, a batcher) so that it
+runs in a unit test with fakes. Failures of an image (unreachable, hostile, not an image, does not
+decode) are outcomes of that image; a failure of the model is :class:`ModelError`, which the
+caller retries and finally dead-letters, because no image of the batch is at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from streams.combine import ImageOutcome
+from streams.errors import SwatchError
+from streams.images import FetchOutcome, FetchResult
+from streams.metrics import WorkerMetrics
+from streams.text import MAX_REASON_CHARS, clip
+from tagger.preprocess import ImageError
+
+logger = logging.getLogger(__name__)
+
+Probabilities = dict[str, list[float]]
+
+
+class ModelError(SwatchError):
+    """The model failed on a batch; the listings in it are retried, then dead-lettered (``model_failed``)."""
+
+
+class ImageSource(Protocol):
+    """Fetches one image; never raises for bad URLs or hosts (the failure is the result's outcome)."""
+
+    async def start(self) -> None:
+        """Open connections (inside the event loop that will fetch)."""
+
+    async def close(self) -> None:
+        """Close connections."""
+
+    async def fetch(self, url: str) -> FetchResult:
+        """Download ``url``."""
+
+
+class PredictionStore(Protocol):
+    """The prediction cache; fails open (errors are misses)."""
+
+    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Probabilities]:
+        """Cached probabilities of the hashes that have them."""
+
+    async def put_predictions(self, items: Mapping[str, Probabilities]) -> None:
+        """Cache probabilities; never raises."""
+
+
+class Batcher(Protocol):
+    """Runs preprocessed images through the model in micro-batches."""
+
+    async def submit(self, tensor: torch.Tensor) -> Probabilities:
+        """One image's probabilities; raises when the model failed on its batch."""
+
+
+@dataclass(frozen=True)
+class Computed:
+    """An image's probabilities, shared by every listing waiting on the same content hash."""
+
+    probabilities: Probabilities | None
+    outcome: str
+    reason: str | None = None
+
+
+class Slots:
+    """A counting limit whose holders take all their slots at once (no hold-and-wait, so no deadlock)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._changed: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        """Hold ``n`` slots (at most the capacity) for the duration of the block."""
+        n = min(max(n, 0), self.capacity)
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += n
+                self._changed.notify_all()
+
+
+class ImageTagger:
+    """Turns a listing's image URLs into image outcomes with probabilities."""
+
+    def __init__(
+        self,
+        images: ImageSource,
+        store: PredictionStore,
+        batcher: Batcher,
+        *,
+        preprocess: Callable[[bytes], torch.Tensor],
+        decode_pool: Executor,
+        metrics: WorkerMetrics,
+        max_images: int,
+        max_images_in_flight: int,
+    ) -> None:
+        self._images = images
+        self._store = store
+        self._batcher = batcher
+        self._preprocess = preprocess
+        self._decode_pool = decode_pool
+        self._metrics = metrics
+        self.max_images = max_images
+        self._slots = Slots(max_images_in_flight)
+        self._computing: dict[str, asyncio.Future[Computed]] = {}
+
+    async def tag(self, urls: Sequence[str]) -> tuple[list[ImageOutcome], bool]:
+        """Outcomes in listing order, and whether any usable image was inferred now (not cached)."""
+        urls = list(urls)
+        limit = self.max_images
+        async with self._slots.hold(len(urls[:limit])):  # bounds the image bytes held in memory
+            fetched = await asyncio.gather(*(self._images.fetch(url) for url in urls[:limit]))
+            by_hash = {r.content_hash: r for r in fetched if r.ok and r.content_hash}
+            computed = await self._predictions(list(by_hash), by_hash)
+        outcomes: list[ImageOutcome] = []
+        fresh = False
+        for result in fetched:
+            if not result.ok or result.content_hash is None:
+                reason = clip(result.reason, MAX_REASON_CHARS) if result.reason else None
+                outcomes.append(ImageOutcome(result.url, result.outcome.value, None, reason))
+                continue
+            c = computed[result.content_hash]
+            fresh = fresh or c.outcome == "TAGGED"
+            outcomes.append(ImageOutcome(result.url, c.outcome, result.content_hash, c.reason, c.probabilities))
+        for url in urls[limit:]:
+            reason = f"not fetched: more than {limit} images in the listing"
+            outcomes.append(ImageOutcome(url, FetchOutcome.FETCH_FAILED.value, None, reason))
+        return outcomes, fresh
+
+    async def _predictions(self, hashes: list[str], results: dict[str, FetchResult]) -> dict[str, Computed]:
+        """Per hash: shared with an identical image in flight, else from the cache, else the model."""
+        loop = asyncio.get_running_loop()
+        waiting = {h: self._computing[h] for h in hashes if h in self._computing}
+        self._metrics.dedup.inc(len(waiting))
+        mine: dict[str, asyncio.Future[Computed]] = {h: loop.create_future() for h in hashes if h not in waiting}
+        self._computing.update(mine)
+        try:
+            cached = await self._store.get_predictions(list(mine))
+            for h, probs in cached.items():
+                mine[h].set_result(Computed(probs, "CACHE_HIT"))
+            misses = [h for h in mine if h not in cached]
+            computed = await asyncio.gather(*(self._infer(results[h].data or b"") for h in misses))
+            fresh = {h: c.probabilities for h, c in zip(misses, computed, strict=True) if c.probabilities}
+            await self._store.put_predictions(fresh)
+            for h, c in zip(misses, computed, strict=True):
+                mine[h].set_result(c)
+        except BaseException as exc:
+            _fail_waiters(mine.values(), exc)
+            raise
+        finally:
+            for h, future in mine.items():
+                if self._computing.get(h) is future:
+                    del self._computing[h]
+        out = {h: f.result() for h, f in mine.items()}
+        for h, future in waiting.items():
+            try:
+                out[h] = await asyncio.shield(future)
+            except ModelError:
+                raise
+            except (asyncio.CancelledError, Exception):  # the other listing was dropped: do it ourselves
+                out[h] = await self._infer(results[h].data or b"")
+        return out
+
+    async def _infer(self, data: bytes) -> Computed:
+        loop = asyncio.get_running_loop()
+        try:
+            tensor = await loop.run_in_executor(self._decode_pool, self._preprocess, data)
+        except ImageError as exc:
+            return Computed(None, "DECODE_FAILED", clip(str(exc), MAX_REASON_CHARS))
+        try:
+            probs = await self._batcher.submit(tensor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model failed on a batch: {type(exc).__name__}: {exc}") from exc
+        return Computed(probs, "TAGGED")
+
+
+def _fail_waiters(futures: Iterable[asyncio.Future[Computed]], exc: BaseException) -> None:
+    """Pass the owner's failure to listings waiting on the same images (cancellation as cancellation)."""
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(exc)
+        # Waiters retrieve it; mark it retrieved here too, so one nobody awaits is not logged.
+        future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Computed]) -> None:
+    if not future.cancelled():
+        future.exception()
