@@ -12,6 +12,9 @@ from typing import Final
 MAX_REASON_CHARS: Final = 300
 """An image outcome's ``reason``, a dead letter's ``error_message`` summary line, a log detail."""
 
+MAX_URL_CHARS: Final = 2_048
+"""An image URL echoed into an event (longer URLs are refused by the fetcher, and echoed cut)."""
+
 MAX_TITLE_CHARS: Final = 1_000
 """A listing title echoed into a review request."""
 
