@@ -31,9 +31,10 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streams.codec import Codec, listing_event_id, now_millis
+from streams.codec import Codec
 from streams.config import Settings
 from streams.errors import ProduceError
+from streams.events import listing_event
 from streams.kafka import producer_config
 from streams.topics import topic_partitions
 from tagger.manifest import CatalogItem, read_manifest
@@ -129,19 +130,15 @@ def plan_listings(
         declared, wrong = _declarations(
             item, taxonomy.group_for(item.category), rng, declared_rate, wrong_declared_rate
         )
-        record = {
-            "schema_version": 1,
-            "event_id": listing_event_id(item.id, version),
-            "listing_id": item.id,
-            "listing_version": version,
-            "merchant_id": merchant_id,
-            "operation": "UPSERT",
-            "category_path": [part.strip() for part in item.category.split("/") if part.strip()],
-            "title": _title(item),
-            "image_urls": [_image_url(item, root, base_url)],
-            "declared_attributes": declared,
-            "event_time": now_millis(),
-        }
+        record = listing_event(
+            item.id,
+            version,
+            merchant_id=merchant_id,
+            category_path=[part.strip() for part in item.category.split("/") if part.strip()],
+            title=_title(item),
+            image_urls=[_image_url(item, root, base_url)],
+            declared=declared,
+        )
         planned.append(PlannedListing(record, item, wrong))
     return planned
 

@@ -9,6 +9,8 @@ waiting about that long.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import re
 import time
@@ -33,14 +35,53 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+class _UnretrievedExceptions(logging.Handler):
+    """Collects asyncio's "exception was never retrieved" reports: each is a failure nobody owned."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "exception was never retrieved" in message:
+            detail = record.exc_info[1] if record.exc_info else record.__dict__.get("exception")
+            self.seen.append(f"{message}: {detail!r}")
+
+
+UNRETRIEVED = _UnretrievedExceptions()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread in the test process: on a shared 2-core machine two spinning OpenMP threads
-    made small models 10-25x slower (a training test took minutes instead of seconds)."""
+    made small models 10-25x slower (a training test took minutes instead of seconds).
+
+    Also watch asyncio's logger for tasks and futures whose exception nobody retrieved."""
+    logging.getLogger("asyncio").addHandler(UNRETRIEVED)
     try:
         import torch
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_unretrieved_task_exceptions() -> Iterator[None]:
+    """A test fails when asyncio reports an exception nobody retrieved while it ran."""
+    before = len(UNRETRIEVED.seen)
+    yield
+    new = UNRETRIEVED.seen[before:]
+    assert not new, f"asyncio reported exceptions nobody retrieved: {new}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Reports that arrive only when the garbage collector runs fail the whole session."""
+    before = len(UNRETRIEVED.seen)
+    gc.collect()
+    late = UNRETRIEVED.seen[before:]
+    if late:
+        print(f"\nasyncio reported exceptions nobody retrieved after the tests: {late}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -92,6 +92,8 @@ class Pipeline:
             tickets.append(ticket)
         images: list[ImageOutcome] = []
         fresh = False
+        if await self.gate.is_stale(listing["listing_id"], int(listing["listing_version"])):
+            return Outcome("stale", [], listing["listing_id"])  # a newer version is out: skip the work
         if listing["operation"] == "UPSERT":
             images, fresh = await self.tagger.tag(listing["image_urls"])
         await ticket.wait_turn()  # publish a listing's versions in the order they were consumed

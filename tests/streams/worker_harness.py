@@ -16,8 +16,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.codec import Codec, listing_event_id, now_millis
+from streams.codec import Codec
 from streams.config import Settings
+from streams.events import listing_event
 from streams.kafka import admin_config
 from streams.topics import create_topics, topic_specs
 from streams.worker import Worker
@@ -101,19 +102,16 @@ def listing(
     declared: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """A listing event record."""
-    return {
-        "schema_version": 1,
-        "event_id": listing_event_id(listing_id, version),
-        "listing_id": listing_id,
-        "listing_version": version,
-        "merchant_id": "merchant-1",
-        "operation": operation,
-        "category_path": category.split("/"),
-        "title": f"listing {listing_id}",
-        "image_urls": urls,
-        "declared_attributes": declared or {},
-        "event_time": now_millis(),
-    }
+    return listing_event(
+        listing_id,
+        version,
+        merchant_id="merchant-1",
+        category_path=category.split("/"),
+        title=f"listing {listing_id}",
+        image_urls=urls,
+        declared=declared,
+        operation=operation,
+    )
 
 
 def publish(settings: Settings, *records: dict[str, Any] | tuple[bytes | None, bytes | None]) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.codec import attribute_event_id
 from streams.config import Settings
 from streams.embedded import EmbeddedStack
-from streams.images_server import ImageServer
 from streams.worker import Worker
 from tagger.predict import Predictor
-from tagger.synth import SynthConfig, generate_catalog
 from tests.streams.worker_harness import (
     OutputReader,
     listing,
@@ -29,46 +26,6 @@ from tests.streams.worker_harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_catalog(tmp_path_factory.mktemp("worker-catalog"), SynthConfig(n=24, seed=11))
-
-
-@pytest.fixture(scope="module")
-def rows(catalog: Path) -> list[dict[str, str]]:
-    with catalog.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def images(catalog: Path) -> Iterator[str]:
-    with ImageServer(catalog.parent) as server:
-        yield server.base_url
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.load(None, "cpu")
-
-
-@pytest.fixture
-def reader_for() -> Iterator[Callable[[Settings], OutputReader]]:
-    made: list[OutputReader] = []
-
-    def make(settings: Settings) -> OutputReader:
-        made.append(OutputReader(settings))
-        return made[-1]
-
-    yield make
-    for reader in made:
-        reader.close()
-
-
-@pytest.fixture
-def prefix(unique_name: Callable[[str], str]) -> str:
-    return unique_name("w")
 
 
 def _url(images: str, row: dict[str, str]) -> str:
