@@ -123,6 +123,7 @@ class RedisStore:
         metrics: WorkerMetrics,
         *,
         version_namespace: str = "",
+        on_state: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.model_id = model_id
@@ -141,6 +142,8 @@ class RedisStore:
             )
             self._client = aioredis.Redis(connection_pool=pool)
         self._breaker = _Breaker()
+        self._on_state = on_state or (lambda problem: None)  # told "why" when Redis starts failing, None when back
+        self._failing = False
         self._lookups: _Coalescer[Probabilities] = _Coalescer(self._get_many)
         self._writes: _Coalescer[None] = _Coalescer(self._set_many)
         self._version_reads: _Coalescer[int] = _Coalescer(self._versions_many)
@@ -266,6 +269,9 @@ class RedisStore:
             result = await asyncio.wait_for(run(self._client), self.timeout_s * 2)
         except (RedisError, OSError, TimeoutError) as exc:
             self._breaker.failed()
+            if not self._failing:
+                self._failing = True
+                self._on_state(f"{op}: {type(exc).__name__}: {exc}")
             self.metrics.cache_errors.labels(op).inc()
             logger.warning(
                 "redis %s failed (%s: %s); carrying on without Redis for %.1fs",
@@ -276,6 +282,9 @@ class RedisStore:
             )
             return None
         self._breaker.succeeded()
+        if self._failing:
+            self._failing = False
+            self._on_state(None)
         return result
 
 

@@ -44,6 +44,9 @@ def producer_config(kafka: KafkaSettings, bootstrap: str | None = None) -> dict[
             "enable.idempotence": True,
             # A few ms of lingering turns per-listing produce calls into real batches.
             "linger.ms": 5,
+            # A deleted output topic must not come back by itself with the broker's default partitions
+            # and no compaction: outputs wait (retried) until `swatch topics create` restores it.
+            "allow.auto.create.topics": False,
         }
     )
     conf.update(kafka.extra)  # an operator's explicit choice wins over ours

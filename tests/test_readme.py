@@ -18,3 +18,26 @@ def test_readme_documents_every_topic_and_the_two_commands() -> None:
     for topic in TopicSettings().model_dump(exclude={"partitions", "replication"}).values():
         assert f"`{topic}`" in README
     assert "make demo" in README and "make test" in README
+
+
+def test_readme_documents_every_metric() -> None:
+    from streams.metrics import WorkerMetrics
+
+    names = [
+        metric.name + ("_total" if metric.type == "counter" else "") for metric in WorkerMetrics().registry.collect()
+    ]
+    missing = [name for name in names if f"`{name}`" not in README]
+    assert missing == [], f"add these to the README's metrics table: {missing}"
+
+
+def test_readme_documents_every_dead_letter_reason_the_code_writes() -> None:
+    import re
+
+    source = "".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "streams").rglob("*.py"))
+    written = set(re.findall(r'_Letter\(\s*"([a-z_]+)"', source)) | set(
+        re.findall(r'dead_letter\(record, "([a-z_]+)"', source)
+    )
+    written |= {"undecodable", "unknown_schema"}  # from DecodeError.reason
+    assert {"invalid_event", "output_too_large", "model_failed", "internal_error"} <= written
+    missing = [reason for reason in sorted(written) if f"| `{reason}` |" not in README]
+    assert missing == [], f"add these to the README's dead-letter reasons: {missing}"

@@ -162,7 +162,14 @@ class Worker:
         chain.push_async_callback(_cancel, heartbeat)
 
         namespace = settings.topics.attributes  # deployments sharing a Redis do not share versions
-        store = RedisStore(self.redis_url, settings.redis, self.model_id, self.metrics, version_namespace=namespace)
+        store = RedisStore(
+            self.redis_url,
+            settings.redis,
+            self.model_id,
+            self.metrics,
+            version_namespace=namespace,
+            on_state=self._redis_state,
+        )
         chain.push_async_callback(store.close)
         batcher: MicroBatcher[dict[str, list[float]]] = MicroBatcher(
             self.predictor.probabilities,
@@ -328,6 +335,14 @@ class Worker:
         """Fetch observer: outcome counts and latency."""
         self.metrics.fetches.labels(result.outcome.value).inc()
         self.metrics.fetch_seconds.observe(result.seconds)
+
+    def _redis_state(self, problem: str | None) -> None:
+        """Redis started failing (``problem``) or works again (None): shown in health and metrics."""
+        if problem is None:
+            self.health.recovered("redis")
+        else:
+            self.health.failing("redis", problem)
+        self.metrics.degraded.labels("redis").set(0 if problem is None else 1)
 
     def _batch_done(self, size: int, seconds: float) -> None:
         self.metrics.inferred.inc(size)
