@@ -5,8 +5,8 @@
 1. **Unusable images are removed**, each with a reason: a missing or unreadable file
    (``missing_file``, ``unreadable``), or bytes that :func:`tagger.preprocess.decode_image` refuses
    with the configured :class:`~tagger.preprocess.PreprocessConfig` (its ``reason`` code:
-   ``not_an_image``, ``unsupported_format``, ``decompression_bomb``, ``decode_failed``). "Valid" is
-   exactly what training accepts.
+   ``not_an_image``, ``unsupported_format``, ``decompression_bomb``, ``degenerate_image``,
+   ``decode_failed``). "Valid" is exactly what training accepts.
 2. **Exact duplicates are removed** (same SHA-256 of the file's bytes): the first row is kept; where
    a duplicate's labels (after merges) or category disagree with the kept row's, the conflict is
    reported, the kept row's labels stand.

@@ -16,7 +16,10 @@ from PIL import Image, ImageFile
 
 from tagger.errors import TaggerError
 from tagger.preprocess import (
+    MAX_ASPECT,
+    MIN_SIDE,
     DecompressionBombError,
+    DegenerateImageError,
     EmptyImageError,
     ImageDecodeError,
     ImageError,
@@ -124,8 +127,8 @@ def test_rgba_png_transparent_areas_become_pad_colour() -> None:
 
 
 def test_la_png_is_composited() -> None:
-    img = Image.new("LA", (20, 20), (0, 0))
-    img.paste((50, 255), (10, 0, 20, 20))
+    img = Image.new("LA", (40, 40), (0, 0))
+    img.paste((50, 255), (10, 0, 40, 40))
     out = pixels(decode_image(encode(img, "PNG"), CONFIG))
     assert close(out[5, 5], WHITE, 0) and close(out[5, 15], (50, 50, 50), 0)
 
@@ -140,7 +143,7 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
 
 
 def test_sixteen_bit_grey_png_scales_instead_of_clipping() -> None:
-    ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (8, 1))  # 0, 257, ..., 65535
+    ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (32, 1))  # 0, 257, ..., 65535
     data = encode(Image.fromarray(ramp), "PNG")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     out = pixels(decode_image(data, CONFIG))
@@ -153,7 +156,7 @@ def test_sixteen_bit_grey_png_scales_instead_of_clipping() -> None:
 
 
 def test_sixteen_bit_png_transparency_key() -> None:
-    grey = np.full((10, 10), 40000, dtype=np.uint16)
+    grey = np.full((40, 40), 40000, dtype=np.uint16)
     grey[:, :5] = 1000
     data = encode(Image.fromarray(grey), "PNG", transparency=1000)
     out = pixels(decode_image(data, CONFIG))
@@ -169,24 +172,24 @@ def test_mode_i_maps_sixteen_bit_range() -> None:
 
 @pytest.mark.parametrize(("mode", "fmt"), [("L", "PNG"), ("L", "JPEG"), ("1", "PNG"), ("L", "TIFF"), ("RGB", "BMP")])
 def test_grey_and_simple_modes_become_rgb(mode: str, fmt: str) -> None:
-    img = Image.new(mode, (40, 20), 0)
-    img.paste(255 if mode in ("L", "1") else WHITE, (20, 0, 40, 20))
+    img = Image.new(mode, (64, 32), 0)
+    img.paste(255 if mode in ("L", "1") else WHITE, (32, 0, 64, 32))
     out = decode_image(encode(img, fmt), CONFIG)
-    assert out.mode == "RGB" and out.size == (40, 20)
+    assert out.mode == "RGB" and out.size == (64, 32)
     assert close(pixels(out)[10, 5], (0, 0, 0), 8) and close(pixels(out)[10, 35], WHITE, 8)
 
 
 def test_palette_png_with_transparency() -> None:
-    img = Image.new("P", (40, 20), 0)
+    img = Image.new("P", (40, 32), 0)
     img.putpalette([*RED, *GREEN])
-    img.paste(1, (20, 0, 40, 20))
+    img.paste(1, (20, 0, 40, 32))
     data = encode(img, "PNG", transparency=0)  # index 0 (red) is the transparent one
     out = pixels(decode_image(data, CONFIG))
     assert close(out[10, 5], WHITE, 0) and close(out[10, 30], GREEN, 0)
 
 
 def test_palette_gif_without_transparency_keeps_colours() -> None:
-    img = Image.new("P", (10, 10), 1)
+    img = Image.new("P", (32, 32), 1)
     img.putpalette([*RED, *BLUE])
     assert close(pixels(decode_image(encode(img, "GIF"), CONFIG))[5, 5], BLUE, 0)
 
@@ -253,7 +256,11 @@ def test_extreme_and_small_sizes(size: tuple[int, int]) -> None:
     scale = 224 / max(size)
     width, height = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
     assert close(pixels(boxed)[(224 - height) // 2 + height // 2, (224 - width) // 2 + width // 2], BLUE, 3)
-    assert preprocess(encode(img, "PNG"), CONFIG).shape == (3, 224, 224)
+    if min(size) < MIN_SIDE or max(size) > MAX_ASPECT * min(size):  # letterbox takes them; decoding refuses them
+        with pytest.raises(DegenerateImageError):
+            preprocess(encode(img, "PNG"), CONFIG)
+    else:
+        assert preprocess(encode(img, "PNG"), CONFIG).shape == (3, 224, 224)
 
 
 def test_letterbox_accepts_other_modes_and_custom_pad() -> None:
@@ -380,7 +387,7 @@ def test_large_jpeg_decodes_at_reduced_size(loads: list[tuple[int, int]]) -> Non
 
 
 def test_draft_keeps_enough_pixels_for_thin_images() -> None:
-    decoded = decode_image(encode(Image.new("RGB", (8000, 500), BLUE), "JPEG"), CONFIG)
+    decoded = decode_image(encode(Image.new("RGB", (8000, 1000), BLUE), "JPEG"), CONFIG)
     assert decoded.size[0] >= 2 * CONFIG.image_size and decoded.size[0] < 8000
 
 
