@@ -4,6 +4,9 @@ A batch runs when it holds ``max_size`` images or when its first image has waite
 One batch runs at a time, in a dedicated thread (the model releases the GIL), while the next one
 fills; so a busy model gets full batches and an idle one answers a lone image after at most
 ``max_wait_s``.
+
+A batch that raises is run again one image at a time, so an image that makes the model fail (a
+poison input) fails only its own caller, not every listing that happened to share its batch.
 """
 
 from __future__ import annotations
@@ -81,15 +84,42 @@ class MicroBatcher(Generic[R]):
                 continue
             started = time.perf_counter()
             try:
-                stacked = torch.stack([t for t, _ in live])
-                rows = await loop.run_in_executor(self._executor, self._infer, stacked)
-            except Exception as exc:  # a model failure fails this batch's callers, not the batcher
-                logger.exception("model batch of %d failed", len(live))
+                rows = await self._run_batch(live)
+            except asyncio.CancelledError:  # closing: callers of the batch in flight get a CancelledError too
                 for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
+                    future.cancel()
+                raise
+            except Exception as exc:  # a model failure fails this batch's callers, not the batcher
+                logger.warning("model batch of %d failed (%s: %s)", len(live), type(exc).__name__, exc)
+                await self._one_by_one(live, exc)
                 continue
             self._on_batch(len(live), time.perf_counter() - started)
             for (_, future), row in zip(live, rows, strict=True):
                 if not future.done():
                     future.set_result(row)
+
+    async def _run_batch(self, items: Sequence[tuple[torch.Tensor, asyncio.Future[R]]]) -> Sequence[R]:
+        stacked = torch.stack([t for t, _ in items])
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, stacked)
+
+    async def _one_by_one(self, items: Sequence[tuple[torch.Tensor, asyncio.Future[R]]], first: Exception) -> None:
+        """After a failed batch, each image alone: only the ones that fail by themselves get the error."""
+        if len(items) == 1:
+            _, future = items[0]
+            if not future.done():
+                future.set_exception(first)
+            return
+        for tensor, future in items:
+            if future.done():
+                continue
+            started = time.perf_counter()
+            try:
+                (row,) = await self._run_batch([(tensor, future)])
+            except Exception as exc:
+                logger.exception("model failed on one image of a failed batch")
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            self._on_batch(1, time.perf_counter() - started)
+            if not future.done():
+                future.set_result(row)
