@@ -119,6 +119,12 @@ def make_app(state: ServerState) -> web.Application:
         await count(request)
         raise web.HTTPFound(request.query["url"])
 
+    async def redirect_long(request: web.Request) -> web.Response:
+        """Redirect to this server's image with a query that makes the URL ``length`` characters long."""
+        await count(request)
+        base = f"{request.scheme}://{request.host}/image.jpg?q="
+        raise web.HTTPFound(base + "a" * (int(request.match_info["length"]) - len(base)))
+
     async def no_location(request: web.Request) -> web.Response:
         await count(request)
         return web.Response(status=302)
@@ -198,6 +204,7 @@ def make_app(state: ServerState) -> web.Application:
     app.router.add_get("/endless", endless)
     app.router.add_get("/redirect/{n}", redirect)
     app.router.add_get("/redirect-to", redirect_to)
+    app.router.add_get("/redirect-long/{length}", redirect_long)
     app.router.add_get("/no-location", no_location)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/flaky/{name}/{fails}/{code}", flaky)

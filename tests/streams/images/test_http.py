@@ -242,8 +242,9 @@ def test_total_timeout_covers_a_stalled_body_and_is_retried() -> None:
     assert state.hits["/slow-body"] == 2
 
 
-def test_connect_timeout() -> None:
-    """A listening socket whose accept queue is full drops new SYNs, so connecting hangs."""
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_connect_timeout(scheme: str) -> None:
+    """A listening socket whose accept queue is full drops new SYNs, so connecting hangs (before any TLS)."""
 
     async def scenario() -> None:
         with socket.socket() as listener:
@@ -258,7 +259,7 @@ def test_connect_timeout() -> None:
                         filler.connect(("127.0.0.1", port))
                 config = settings(connect_timeout_s=0.2, total_timeout_s=5.0)
                 async with ImageFetcher(config) as fetcher:
-                    result = await fetcher.fetch(f"http://127.0.0.1:{port}/image.jpg")
+                    result = await fetcher.fetch(f"{scheme}://127.0.0.1:{port}/image.jpg")
             finally:
                 for filler in fillers:
                     filler.close()
