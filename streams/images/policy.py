@@ -24,6 +24,7 @@ from typing import Final
 from yarl import URL
 
 from streams.images.result import FetchOutcome
+from streams.text import MAX_URL_CHARS  # the same bound events clip echoed URLs to
 
 __all__ = [
     "MAX_URL_CHARS",
@@ -35,9 +36,6 @@ __all__ = [
 ]
 
 IPNetwork = IPv4Network | IPv6Network
-
-MAX_URL_CHARS: Final = 2048
-"""Longest URL fetched; longer ones are refused before they are parsed (no CDN image URL needs more)."""
 
 _V4_RULES: Final[tuple[tuple[IPv4Network, str], ...]] = tuple(
     (IPv4Network(net), why)
