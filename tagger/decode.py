@@ -161,12 +161,13 @@ def decode_image(data: bytes, config: PreprocessConfig, *, max_decode_bytes: int
     coefficients = _check_jpeg(data, img) if img.format in ("JPEG", "MPO") else 0
     try:
         img.seek(0)  # first frame of GIF / APNG / animated WebP / multi-page TIFF
+        source = img.size
         target = config.image_size * _DRAFT_FACTOR
         _draft(img, target)
         base, transient = _buffers(img, data, metadata, coefficients)
         factor = max(1, max(img.size) // target)
         strips = _reduced_bytes(img, factor)
-        _check_budget(img, max(base + transient, base + strips), max_decode_bytes)
+        _check_budget(img.format, source, img.mode, max(base + transient, base + strips), max_decode_bytes)
         img.load()
         method = _orientation(img)
         full = _flatten_bytes(img) + (_RGB_BYTES * img.width * img.height if method is not None else 0)
@@ -195,12 +196,7 @@ def _check_structure(data: bytes, config: PreprocessConfig, budget: int) -> int:
     size = webp_size(data)  # libwebp allocates its canvases when Pillow opens the file
     if size is not None and "WEBP" in config.allowed_formats:
         width, height = size
-        need = width * height * (_RGB_BYTES + _WEBP_DECODER_BYTES)
-        if width * height > config.max_pixels or need > budget:
-            raise DecompressionBombError(
-                f"The WebP declares {width}x{height} pixels: decoding it needs about {_mib(need)} MiB, over the "
-                f"limits ({config.max_pixels:,} pixels, {_mib(budget)} MiB per decode); downscale it before sending it."
-            )
+        _check_budget("WEBP", size, None, width * height * (_RGB_BYTES + _WEBP_DECODER_BYTES), budget)
     return 0
 
 
@@ -342,15 +338,15 @@ def _reduced_bytes(img: Image.Image, factor: int) -> int:
     return per_strip + 2 * out
 
 
-def _check_budget(img: ImageFile.ImageFile, need: int, budget: int) -> None:
+def _check_budget(fmt: str | None, source: tuple[int, int], mode: str | None, need: int, budget: int) -> None:
     if need <= budget:
         return
-    pixels = img.width * img.height
-    fits = int(pixels * budget / need)
+    width, height = source
+    fits = int(width * height * budget / need)
     raise DecompressionBombError(
-        f"The {img.format} image is {img.width}x{img.height} ({img.mode}): decoding it needs about {_mib(need)} MiB, "
-        f"over the {_mib(budget)} MiB one decode may use (tagger.decode.MAX_DECODE_BYTES); "
-        f"downscale it to about {fits:,} pixels."
+        f"The {fmt} image is {width}x{height}{f' ({mode})' if mode else ''}: decoding it needs about {_mib(need)} "
+        f"MiB, over the {_mib(budget)} MiB one decode may use (tagger.decode.MAX_DECODE_BYTES); downscale it "
+        f"(one like it fits up to about {fits:,} pixels) or re-export it."
     )
 
 

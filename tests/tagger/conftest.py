@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFile
 
 from tagger.card import ModelCard, save_model
 from tagger.model import TINY_BACKBONE, MultiHeadTagger
@@ -50,3 +53,38 @@ def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (90, 120), shape:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90)
     return out.getvalue()
+
+
+def encode(img: Image.Image, fmt: str, **params: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def png_header(width: int, height: int, depth: int = 8, colour_type: int = 2) -> bytes:
+    """A PNG that declares ``width`` x ``height`` but carries no pixel data: what a bomb's header looks like.
+
+    ``colour_type`` is PNG's (0 grey, 2 RGB, 3 palette, 4 grey and alpha, 6 RGBA); 8-bit RGB by default.
+    """
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    chunks = png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"")) + png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records every pixel decode (ImageFile.load) with the size decoded."""
+    calls: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> Any:
+        calls.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return calls
+
+
+def png_chunk(tag: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, data and CRC."""
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import warnings
-import zlib
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
 from tagger.errors import TaggerError
 from tagger.preprocess import (
@@ -34,18 +32,13 @@ from tagger.preprocess import (
     preprocess_image,
     to_tensor,
 )
+from tests.tagger.conftest import encode, png_header
 
 CONFIG = PreprocessConfig()
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
 BLUE = (0, 0, 255)
 WHITE = (255, 255, 255)
-
-
-def encode(img: Image.Image, fmt: str, **params: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **params)
-    return buf.getvalue()
 
 
 def pixels(img: Image.Image) -> np.ndarray:
@@ -64,30 +57,6 @@ def as_rgb(tensor: torch.Tensor, config: PreprocessConfig = CONFIG) -> np.ndarra
 
 def normalised(colour: tuple[int, int, int], config: PreprocessConfig = CONFIG) -> torch.Tensor:
     return (torch.tensor(colour) / 255.0 - torch.tensor(config.mean)) / torch.tensor(config.std)
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` but carries no pixel data: what a bomb's header looks like."""
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """Records every pixel decode (ImageFile.load) with the size decoded."""
-    calls: list[tuple[int, int]] = []
-    original = ImageFile.ImageFile.load
-
-    def spy(self: ImageFile.ImageFile) -> Any:
-        calls.append(self.size)
-        return original(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
-    return calls
 
 
 # --- orientation and colour modes -------------------------------------------------------------------------------
@@ -345,7 +314,7 @@ def test_allowlist_follows_the_bytes_not_the_name() -> None:
         decode_image(bmp, PreprocessConfig(allowed_formats=("jpeg", "png")))
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
 def test_truncated_images_fail_to_decode(fmt: str) -> None:
     rng = np.random.default_rng(3)
     img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
