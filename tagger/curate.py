@@ -20,8 +20,8 @@
    (``group.attribute``) makes its cells blank: the rows stay, with that label missing. A
    multi-label cell holding a rare value is blanked whole (keeping the other values would state
    that the rare one is absent). Blanking can make another value rare; this repeats until stable.
-5. **Near-duplicates stay in one split**: images whose perceptual hashes
-   (:func:`imagehash.phash`, 64 bits) are within ``phash_distance`` bits of each other are grouped
+5. **Near-duplicates stay in one split**: images whose perceptual hashes (:mod:`tagger.image_hashes`:
+   :func:`imagehash.phash`, 64 bits) are within ``phash_distance`` bits of each other are grouped
    (transitively; pigeonhole bucketing on hash chunks plus union-find, so 10k images take well
    under a second). A group whose rows have splits goes whole to its majority split (ties: the
    split of the first such row) and the rows that changed are reported; a group without any split
@@ -29,16 +29,15 @@
    applied once per group. Every output row has a split, so ``swatch train`` cannot split a group.
 
 The curated manifest keeps the input's columns in order; relative image paths are rewritten
-relative to the output manifest's folder. Next to it goes a JSON summary
-(``<name>.summary.json``, :meth:`CurateReport.to_dict`); :func:`write_report_html` draws a
-self-contained HTML report (label distributions before and after, removed items, near-duplicate
+relative to the output manifest's folder. Next to it goes a JSON summary (``<name>.summary.json``,
+:meth:`~tagger.curate_report.CurateReport.to_dict`); :func:`~tagger.curate_report.write_report_html`
+draws a self-contained HTML report (label distributions before and after, removed items, near-duplicate
 groups with thumbnails, dropped values).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -49,21 +48,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import imagehash
-import numpy as np
-from PIL import Image
-
+from tagger.curate_report import (
+    CurateReport,
+    Distribution,
+    DroppedValue,
+    LabelConflict,
+    NearDuplicateGroup,
+    RemovedItem,
+)
 from tagger.data import stratified_split
 from tagger.errors import TaggerError
-from tagger.html_report import bar_chart, esc, page, table, thumbnail_figure
+from tagger.image_hashes import HASH_BITS, ImageCheck, check_image, near_duplicate_groups
 from tagger.manifest import REQUIRED, CatalogItem, read_manifest, write_manifest
-from tagger.preprocess import ImageError, PreprocessConfig, decode_image
+from tagger.preprocess import PreprocessConfig
 from tagger.taxonomy import Group, Taxonomy, UnknownValueError, load_taxonomy
 
 logger = logging.getLogger(__name__)
 
-HASH_BITS = 64  # imagehash.phash with its default hash_size of 8
-_VECTOR_BUCKET = 64  # buckets larger than this are compared with numpy
 NO_GROUP = "(no group)"
 NO_SPLIT = "(none)"
 _REMOTE = ("http://", "https://")
@@ -101,209 +102,6 @@ class CurateConfig:
         values = {k: v for k, v in asdict(self).items() if k != "preprocess"}
         values["preprocess"] = self.preprocess.to_dict()
         return values
-
-
-@dataclass(frozen=True)
-class RemovedItem:
-    """A row left out of the curated manifest, and why."""
-
-    id: str
-    image: str
-    reason: str
-    detail: str
-    duplicate_of: str | None = None
-
-
-@dataclass(frozen=True)
-class LabelConflict:
-    """An exact duplicate whose label disagrees with the kept row's (the kept row's label stands)."""
-
-    kept_id: str
-    duplicate_id: str
-    attribute: str
-    kept: str
-    duplicate: str
-
-
-@dataclass(frozen=True)
-class NearDuplicateGroup:
-    """Rows whose images look alike; they all end up in ``split``."""
-
-    ids: list[str]
-    images: list[str]
-    locations: list[str]
-    distances: list[int]
-    splits_before: list[str | None]
-    split: str
-    moved: list[str]
-
-
-@dataclass(frozen=True)
-class DroppedValue:
-    """A value too rare to learn: its cells were blanked."""
-
-    head: str
-    value: str
-    examples: int
-    cells_blanked: int
-
-
-@dataclass
-class Distribution:
-    """Counts of rows per group and split, and of labels per head and value."""
-
-    groups: dict[str, int] = field(default_factory=dict)
-    splits: dict[str, int] = field(default_factory=dict)
-    values: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-@dataclass
-class CurateReport:
-    """Everything curation changed; also written as the JSON summary."""
-
-    manifest_in: str
-    manifest_out: str
-    summary_path: str
-    config: dict[str, Any]
-    items_in: int
-    items_out: int
-    removed: list[RemovedItem] = field(default_factory=list)
-    label_conflicts: list[LabelConflict] = field(default_factory=list)
-    near_duplicates: list[NearDuplicateGroup] = field(default_factory=list)
-    moved_between_splits: int = 0
-    splits_assigned: int = 0
-    merged: dict[str, dict[str, int]] = field(default_factory=dict)
-    unknown_values: dict[str, dict[str, int]] = field(default_factory=dict)
-    several_values: dict[str, int] = field(default_factory=dict)
-    inapplicable: dict[str, int] = field(default_factory=dict)
-    dropped_values: list[DroppedValue] = field(default_factory=list)
-    no_group: list[str] = field(default_factory=list)
-    remote_images: list[str] = field(default_factory=list)
-    extra_columns: list[str] = field(default_factory=list)
-    before: Distribution = field(default_factory=Distribution)
-    after: Distribution = field(default_factory=Distribution)
-
-    def removed_by_reason(self) -> dict[str, int]:
-        """How many rows were removed for each reason."""
-        return dict(Counter(r.reason for r in self.removed))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON, with a ``counts`` section on top."""
-        data = asdict(self)
-        data["counts"] = {
-            "items_in": self.items_in,
-            "items_out": self.items_out,
-            "removed": self.removed_by_reason(),
-            "label_conflicts": len(self.label_conflicts),
-            "near_duplicate_groups": len(self.near_duplicates),
-            "near_duplicate_items": sum(len(g.ids) for g in self.near_duplicates),
-            "moved_between_splits": self.moved_between_splits,
-            "splits_assigned": self.splits_assigned,
-            "values_merged": sum(sum(c.values()) for c in self.merged.values()),
-            "unknown_values": sum(sum(c.values()) for c in self.unknown_values.values()),
-            "several_values": sum(self.several_values.values()),
-            "inapplicable": sum(self.inapplicable.values()),
-            "dropped_values": len(self.dropped_values),
-            "cells_blanked_rare": sum(d.cells_blanked for d in self.dropped_values),
-            "no_group": len(self.no_group),
-            "remote_images": len(self.remote_images),
-        }
-        return data
-
-
-# --- images -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageCheck:
-    """What one image file turned out to be: its digest and perceptual hash, or why it is unusable."""
-
-    sha256: str | None
-    phash: int | None
-    reason: str | None = None
-    detail: str = ""
-
-
-def check_image(location: str | Path, config: PreprocessConfig) -> ImageCheck:
-    """Read, hash and decode one image file as training would; never raises for a bad file."""
-    try:
-        data = Path(location).read_bytes()
-    except FileNotFoundError:
-        return ImageCheck(None, None, "missing_file", f"no such file: {location}")
-    except OSError as exc:
-        return ImageCheck(None, None, "unreadable", f"cannot read {location}: {exc}")
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        image = decode_image(data, config)
-    except ImageError as exc:
-        return ImageCheck(digest, None, exc.reason, str(exc))
-    return ImageCheck(digest, perceptual_hash(image))
-
-
-def perceptual_hash(image: Image.Image) -> int:
-    """The 64-bit DCT perceptual hash of an image as an integer (bit distance = Hamming distance)."""
-    return int(str(imagehash.phash(image)), 16)
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _link_large_bucket(members: Sequence[tuple[int, int]], max_distance: int, sets: _UnionFind) -> None:
-    """Compare every pair of a big bucket (pictures alike in one chunk, e.g. white backgrounds) with numpy."""
-    values = np.array([value for value, _ in members], dtype=np.uint64)
-    for pos in range(len(members) - 1):
-        close = np.flatnonzero(np.bitwise_count(values[pos + 1 :] ^ values[pos]) <= max_distance)
-        for offset in close.tolist():
-            sets.union(members[pos][1], members[pos + 1 + offset][1])
-
-
-def near_duplicate_groups(hashes: Sequence[int], max_distance: int, bits: int = HASH_BITS) -> list[list[int]]:
-    """Indices of hashes linked (transitively) by a Hamming distance <= max_distance; groups of 2+, in order.
-
-    Pigeonhole bucketing: cut the hash into ``max_distance + 1`` chunks; two hashes that differ in
-    at most ``max_distance`` bits agree exactly on at least one chunk, so only hashes that share a
-    (chunk, value) bucket are compared. Identical hashes are merged first, so a thousand copies of
-    one picture cost nothing.
-    """
-    if not 0 <= max_distance < bits:
-        raise ValueError(f"max_distance must be in 0..{bits - 1}, not {max_distance}")
-    sets = _UnionFind(len(hashes))
-    first: dict[int, int] = {}
-    for i, value in enumerate(hashes):
-        sets.union(first.setdefault(value, i), i)
-    unique = list(first.items())  # (hash, index of its first row)
-    chunks = max_distance + 1
-    bounds = [round(c * bits / chunks) for c in range(chunks + 1)]
-    for c in range(chunks if max_distance else 0):
-        mask = (1 << (bounds[c + 1] - bounds[c])) - 1
-        buckets: dict[int, list[tuple[int, int]]] = {}
-        for value, index in unique:
-            buckets.setdefault((value >> bounds[c]) & mask, []).append((value, index))
-        for members in buckets.values():
-            if len(members) > _VECTOR_BUCKET:
-                _link_large_bucket(members, max_distance, sets)
-                continue
-            for pos, (value_a, a) in enumerate(members):
-                for value_b, b in members[pos + 1 :]:
-                    if (value_a ^ value_b).bit_count() <= max_distance:
-                        sets.union(a, b)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(hashes)):
-        groups.setdefault(sets.find(i), []).append(i)
-    return [members for members in groups.values() if len(members) > 1]
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -614,105 +412,3 @@ def _keep_near_duplicates_together(
         for i in members:
             result[i] = replace(items[i], split=split)
     return result
-
-
-# --- HTML ---------------------------------------------------------------------------------------
-
-_MAX_ROWS = 500
-_MAX_GROUP_PICTURES = 30
-
-
-def _capped(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
-    note = f'<p class="note">first {_MAX_ROWS} of {len(rows)} shown; all are in the JSON summary</p>'
-    return table(headers, rows[:_MAX_ROWS]) + (note if len(rows) > _MAX_ROWS else "")
-
-
-def _near_duplicate_section(report: CurateReport) -> list[str]:
-    parts = [
-        f"<h2>Near-duplicate groups (phash distance &le; {esc(report.config['phash_distance'])})</h2>",
-        f'<p class="note">{len(report.near_duplicates)} groups; {report.moved_between_splits} rows moved '
-        f"to their group's split; {report.splits_assigned} rows without a split were given one. "
-        "d = bits from the first picture's hash.</p>",
-    ]
-    for group in report.near_duplicates[:_MAX_GROUP_PICTURES]:
-        members = list(zip(group.ids, group.locations, group.splits_before, group.distances, strict=True))[:4]
-        figures = "".join(
-            thumbnail_figure(loc, f"{i} ({before or 'no split'}, d={d})") for i, loc, before, d in members
-        )
-        moved = f"; moved: {', '.join(group.moved)}" if group.moved else ""
-        parts.append(f"<h3>{esc(', '.join(group.ids[:8]))} &rarr; {esc(group.split)}{esc(moved)}</h3>{figures}")
-    rest = [(", ".join(g.ids), g.split, ", ".join(g.moved)) for g in report.near_duplicates[_MAX_GROUP_PICTURES:]]
-    if rest:
-        parts.append(_capped(rest, ["ids", "split", "moved"]))
-    return parts
-
-
-def _label_section(report: CurateReport) -> list[str]:
-    merged = [(h, change, n) for h, c in report.merged.items() for change, n in c.items()]
-    unknown = [(h, value, n) for h, c in report.unknown_values.items() for value, n in c.items()]
-    parts = [
-        "<h2>Label fixes</h2>",
-        "<h3>Merged values</h3>",
-        _capped(merged, ["head", "value", "cells"]),
-        "<h3>Unknown values (cells left blank)</h3>",
-        _capped(unknown, ["head", "value", "cells"]),
-    ]
-    if report.several_values:
-        parts.append("<h3>Several values for a single-label attribute (blanked)</h3>")
-        parts.append(table(["head", "cells"], list(report.several_values.items())))
-    if report.inapplicable:
-        parts.append("<h3>Labels for an attribute the row's group does not have (blanked)</h3>")
-        parts.append(table(["head", "cells"], list(report.inapplicable.items())))
-    dropped = [(d.head, d.value, d.examples, d.cells_blanked) for d in report.dropped_values]
-    parts.append(f"<h2>Dropped rare values (fewer than {esc(report.config['min_examples'])} examples)</h2>")
-    parts.append(_capped(dropped, ["head", "value", "examples", "cells blanked"]))
-    untouched = [
-        ("rows whose category maps to no group", len(report.no_group), ", ".join(report.no_group[:20])),
-        ("rows with a URL (not checked)", len(report.remote_images), ", ".join(report.remote_images[:20])),
-        ("columns that are not taxonomy attributes", len(report.extra_columns), ", ".join(report.extra_columns)),
-    ]
-    if any(n for _, n, _ in untouched):
-        parts += ["<h2>Left as they are</h2>", table(["what", "count", "examples"], untouched)]
-    return parts
-
-
-def _distribution_section(report: CurateReport) -> list[str]:
-    before, after = report.before, report.after
-    parts = [
-        "<h2>Distributions before and after</h2>",
-        bar_chart("rows per group", {"before": before.groups, "after": after.groups}, 5),
-        bar_chart("rows per split", {"before": before.splits, "after": after.splits}, 5),
-    ]
-    current = ""
-    for head in dict.fromkeys([*before.values, *after.values]):
-        series = {"before": before.values.get(head, {}), "after": after.values.get(head, {})}
-        if not any(series.values()):
-            continue
-        group = head.split(".", 1)[0]
-        if group != current:
-            parts.append(f"<h3>{esc(group)}</h3>")
-            current = group
-        parts.append(bar_chart(head, series))
-    return parts
-
-
-def write_report_html(report: CurateReport, path: Path) -> None:
-    """A self-contained HTML report: counts, distributions before/after, removals, near-duplicates, drops."""
-    counts = report.to_dict()["counts"]
-    parts = [
-        f'<p class="note">{esc(report.manifest_in)} &rarr; {esc(report.manifest_out)}; '
-        f"settings: {esc(json.dumps(report.config))}</p>",
-        "<h2>Summary</h2>",
-        table(["what", "count"], [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in counts.items()]),
-        "<h2>Removed items</h2>",
-        _capped([(r.id, r.image, r.reason, r.detail) for r in report.removed], ["id", "image", "reason", "detail"]),
-    ]
-    if report.label_conflicts:
-        conflicts = [(c.kept_id, c.duplicate_id, c.attribute, c.kept, c.duplicate) for c in report.label_conflicts]
-        parts += [
-            "<h2>Exact duplicates with conflicting labels</h2>",
-            '<p class="note">The kept row\'s label stands; check it.</p>',
-            _capped(conflicts, ["kept id", "duplicate id", "attribute", "kept label", "duplicate label"]),
-        ]
-    parts += _near_duplicate_section(report) + _label_section(report) + _distribution_section(report)
-    Path(path).write_text(page("Swatch dataset curation", "\n".join(parts)), encoding="utf-8")

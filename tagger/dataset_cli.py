@@ -34,8 +34,9 @@ def curate(  # noqa: PLR0917 - typer commands take one argument per option
     threads: Annotated[int, typer.Option(min=1, help="Threads reading and hashing images.")] = 4,
 ) -> None:
     """Remove duplicate and unusable images, merge aliases, blank rare values, keep near-duplicates in one split."""
-    from tagger.curate import CurateConfig, write_report_html  # noqa: PLC0415 - matplotlib, imagehash: lazy
+    from tagger.curate import CurateConfig  # noqa: PLC0415 - matplotlib, imagehash: lazy
     from tagger.curate import curate as run_curate  # noqa: PLC0415
+    from tagger.curate_report import write_report_html  # noqa: PLC0415
 
     try:
         config = CurateConfig(

@@ -29,17 +29,9 @@ from tagger.audit import (
     write_audit_html,
     write_issues_csv,
 )
-from tagger.curate import (
-    CurateConfig,
-    CurateError,
-    CurateReport,
-    _group_split,
-    curate,
-    near_duplicate_groups,
-    relocate,
-    summary_path,
-    write_report_html,
-)
+from tagger.curate import CurateConfig, CurateError, _group_split, curate, relocate, summary_path
+from tagger.curate_report import CurateReport, write_report_html
+from tagger.image_hashes import near_duplicate_groups
 from tagger.manifest import CatalogItem, read_manifest, write_manifest
 from tagger.synth import SynthConfig, generate_catalog
 from tagger.taxonomy import Taxonomy
