@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from streams.config import FetchSettings
-from streams.fetch import FetchOutcome, ImageFetcher
+from streams.images import FetchOutcome, ImageFetcher
 from streams.images_server import ImageServer
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4

@@ -1,9 +1,8 @@
-"""The package's public names, and the deprecated ``streams.fetch`` shim that still re-exports them."""
+"""The package's public names (the old single ``streams.fetch`` module is gone)."""
 
 from __future__ import annotations
 
 import importlib
-import sys
 
 import pytest
 
@@ -29,9 +28,6 @@ def test_public_names() -> None:
     assert streams.images.ImageFetcher is streams.images.HttpImageSource  # the worker's old name keeps working
 
 
-def test_streams_fetch_is_a_deprecated_alias() -> None:
-    sys.modules.pop("streams.fetch", None)
-    with pytest.warns(DeprecationWarning, match=r"import from streams\.images"):
-        fetch = importlib.import_module("streams.fetch")
-    for name in streams.images.__all__:
-        assert getattr(fetch, name) is getattr(streams.images, name), name
+def test_the_old_single_module_is_gone() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("streams.fetch")
