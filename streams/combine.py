@@ -17,6 +17,7 @@ The rule, per attribute that applies to the listing's category group:
   to review as NO_USABLE_IMAGE and the attribute event carries only the image outcomes.
 - **Source.** MODEL when any contributing image was inferred for this event, CACHE when all came
   from the cache.
+- **Declared values** are echoed (joined with ``|``) clipped to :data:`streams.text.MAX_REASON_CHARS`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.text import MAX_REASON_CHARS, clip
 from tagger.taxonomy import Attribute, Taxonomy, UnknownValueError
 
 USABLE = frozenset({"TAGGED", "CACHE_HIT"})
@@ -106,7 +108,7 @@ def decide(
         key = f"{group.name}.{attribute.name}"
         threshold = thresholds[key]
         declared_raw = declared.get(attribute.name)
-        declared_text = "|".join(declared_raw) if declared_raw else None
+        declared_text = clip("|".join(declared_raw), MAX_REASON_CHARS) if declared_raw else None
         if not usable:
             decision.uncertain.append(_uncertain(attribute.name, [], threshold, "NO_USABLE_IMAGE", declared_text))
             continue

@@ -37,7 +37,8 @@ from tagger.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
-MAX_LISTING_ID_CHARS = 256
+MAX_LISTING_ID_CHARS = 256  # ids become Kafka keys and Redis keys: keep them short
+MAX_MERCHANT_ID_CHARS = 256
 
 
 class InvalidEventError(SwatchError):
@@ -191,6 +192,10 @@ def _validate(listing: dict[str, Any]) -> None:
         raise InvalidEventError("listing_id is empty")
     if len(listing_id) > MAX_LISTING_ID_CHARS:
         raise InvalidEventError(f"listing_id is {len(listing_id)} characters long; the limit is {MAX_LISTING_ID_CHARS}")
+    if len(listing["merchant_id"]) > MAX_MERCHANT_ID_CHARS:
+        raise InvalidEventError(
+            f"merchant_id is {len(listing['merchant_id'])} characters long; the limit is {MAX_MERCHANT_ID_CHARS}"
+        )
     if listing["operation"] not in ("UPSERT", "DELETE"):
         raise InvalidEventError(f"operation {listing['operation']} is neither UPSERT nor DELETE")
     if listing["listing_version"] < 0:

@@ -213,3 +213,54 @@ def test_versions_of_a_listing_publish_in_consumed_order() -> None:
     started = time.monotonic()
     asyncio.run(run())
     assert order == [0, 1] and time.monotonic() - started >= 0.2
+
+
+def _raw_listing(parts: Parts, mutate: Any) -> bytes:
+    """A listing encoded with its schema, then changed at the byte level by ``mutate``."""
+    return bytes(mutate(parts.codec.encode("listing_event", _listing(title="TITLE"))))
+
+
+def test_invalid_utf8_in_a_string_is_undecodable() -> None:
+    parts = make_pipeline()
+    value = _raw_listing(parts, lambda b: b.replace(b"TITLE", b"TI\xff\xfeE"))
+    outcome = asyncio.run(_process(parts, value))
+    assert outcome.reason == "undecodable"
+    assert _decode(parts, outcome, "dlq")["original_value"] == value
+
+
+def test_a_record_missing_fields_is_undecodable() -> None:
+    parts = make_pipeline()
+    whole = parts.codec.encode("listing_event", _listing())
+    for cut in (11, len(whole) // 2, len(whole) - 1):  # the header, then half the fields, then all but the last
+        outcome = asyncio.run(_process(parts, whole[:cut]))
+        assert outcome.reason == "undecodable", cut
+
+
+def test_an_empty_image_list_goes_to_review_as_no_usable_image() -> None:
+    parts = make_pipeline()
+    outcome = asyncio.run(_process(parts, parts.codec.encode("listing_event", _listing(image_urls=[]))))
+    assert outcome.result == "no_usable_image"
+    request = _decode(parts, outcome, "review")
+    assert {u["reason"] for u in request["uncertain"]} == {"NO_USABLE_IMAGE"}
+    assert _decode(parts, outcome, "attributes")["images"] == []
+
+
+def test_huge_strings_are_clipped_or_refused() -> None:
+    parts = make_pipeline()
+    huge_merchant = _listing(merchant_id="m" * 10_000)
+    outcome = asyncio.run(_process(parts, parts.codec.encode("listing_event", huge_merchant)))
+    assert outcome.reason == "invalid_event"
+    declared = _listing(declared_attributes={"colour": ["blue" * 5_000]})
+    outcome = asyncio.run(_process(parts, parts.codec.encode("listing_event", declared)))
+    event = _decode(parts, outcome, "attributes")
+    echoed = [a["declared_value"] for a in event["attributes"] if a["declared_value"]]
+    assert echoed and all(len(v) <= MAX_REASON_CHARS for v in echoed)
+
+
+def test_images_beyond_the_limit_are_listed_not_fetched() -> None:
+    parts = make_pipeline()
+    urls = [f"https://cdn/{i}.jpg" for i in range(10)]
+    outcome = asyncio.run(_process(parts, parts.codec.encode("listing_event", _listing(image_urls=urls))))
+    images = _decode(parts, outcome, "attributes")["images"]
+    assert [i["url"] for i in images] == urls and len(parts.images.fetched) == 4
+    assert {i["reason"] for i in images[4:]} == {"not fetched: more than 4 images in the listing"}
