@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-from datetime import UTC, datetime, timedelta
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
