@@ -26,5 +26,11 @@ lint: install
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The fault-injection suite at full scale (`make test` runs it short). It names tests/chaos because
+# pytest only knows --chaos-full from tests/chaos/conftest.py when it loads that file at start-up.
+.PHONY: chaos
+chaos: install
+	$(BIN)/pytest tests/chaos -m chaos --chaos-full $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
