@@ -393,9 +393,9 @@ def test_slow_and_stuck_image_hosts(
 
 
 # -- 5, 6, 8: predictor raising, outputs the broker refuses, registry unreachable -----------------
-# These need fault hooks in the rebuilt worker (a predictor that raises on cue, a broker-side
-# refusal of one output topic, a registry URL that stops answering); the worker's developer adds
-# them here, each as its own test_... function using the fixtures above and ending in _finish().
+# These need a hand inside the worker (a predictor that raises on cue, a producer that refuses, a
+# registry client that goes away), so they run the worker in-process: tests/chaos/test_faults.py,
+# with the same verifier, feeder and table row as the process scenarios here.
 
 
 # -- 7: a second worker joins and leaves, twice ---------------------------------------------------
