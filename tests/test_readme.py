@@ -41,3 +41,16 @@ def test_readme_documents_every_dead_letter_reason_the_code_writes() -> None:
     assert {"invalid_event", "output_too_large", "model_failed", "internal_error"} <= written
     missing = [reason for reason in sorted(written) if f"| `{reason}` |" not in README]
     assert missing == [], f"add these to the README's dead-letter reasons: {missing}"
+
+
+def test_hostile_inputs_doc_names_only_tests_that_exist() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "hostile-inputs.md").read_text()
+    source = "\n".join(p.read_text() for p in (root / "tests").rglob("test_*.py"))
+    defined = set(re.findall(r"^(?:async )?def (test_\w+)", source, flags=re.M))
+    named = set(re.findall(r"\b(test_\w+)\b(?!\.py)", doc))
+    missing = sorted(n for n in named if n not in defined)
+    assert len(named) > 50, "the doc should name the tests that cover each case"
+    assert missing == [], f"docs/hostile-inputs.md names tests that do not exist: {missing}"

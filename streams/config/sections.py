@@ -235,10 +235,16 @@ class WorkerSettings(_Section):
         128,
         ge=1,
         le=100_000,
-        description="Images held in memory at once (downloaded, not yet preprocessed); bounds memory to about "
-        "this times SWATCH_FETCH_MAX_BYTES.",
+        description="Images held in memory at once (downloaded, not yet preprocessed); bounds downloaded bytes to "
+        "this times SWATCH_FETCH_MAX_BYTES (decoding adds SWATCH_WORKER_PREPROCESS_THREADS times 64 MiB).",
     )
-    preprocess_threads: int = Field(2, ge=1, le=256, description="Threads decoding and resizing images.")
+    preprocess_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Threads decoding and resizing images; each decode uses at most 64 MiB "
+        "(tagger.decode.MAX_DECODE_BYTES), so decoding needs at most this times 64 MiB.",
+    )
     listing_retries: int = Field(
         2, ge=0, le=100, description="Retries of a listing whose model batch failed, before it is dead-lettered."
     )

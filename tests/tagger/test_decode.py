@@ -2,7 +2,7 @@
 
 The pixel-level behaviour of decoding (colour modes, orientation, letterboxing) is in
 test_preprocess.py; this module covers what :mod:`tagger.decode` refuses and how it bounds the work
-of what it accepts. docs/hostile-inputs-decode.md lists each case with its outcome.
+of what it accepts. docs/hostile-inputs.md lists each case with its outcome.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Answers an aiohttp server can give come from the test app (harness.make_app); the ones no HTTP
 server would send (garbage, a lying Content-Length, a TLS handshake left unanswered) from
-harness.raw_serving. docs/hostile-inputs-images.md lists every case with its outcome and test.
+harness.raw_serving. docs/hostile-inputs.md lists every case with its outcome and test.
 """
 
 from __future__ import annotations
