@@ -7,7 +7,7 @@
   :func:`~streams.images.policy.check_url`; names are resolved by the guarded resolver of
   :mod:`streams.images.connector`. Proxies from the environment are ignored (they would bypass it).
 * **Limits.** A connect timeout (TCP and TLS handshake) and a total timeout per attempt (the total
-  covers every hop of the attempt, from the moment the first hop got its per-host slot); a byte cap
+  covers every hop of the attempt and the wait for a per-host slot); a byte cap
   enforced while streaming, and up front from ``Content-Length``; at most ``max_redirects`` hops,
   and no URL twice in one chain; at most ``per_host_concurrency`` downloads per host (an
   :class:`asyncio.Semaphore` per host) plus a total connection limit on the connector.
@@ -56,6 +56,7 @@ from streams.images.result import (
 from streams.images.transfer import (
     Attempt,
     HostLimiter,
+    SlotTimeoutError,
     Redirect,
     classify_error,
     read_body,
@@ -200,7 +201,9 @@ class HttpImageSource(StartClose):
     async def _attempt(self, session: aiohttp.ClientSession, url: str) -> Attempt:
         """One attempt: follow up to ``max_redirects`` hops, judging each hop's URL before connecting."""
         loop = asyncio.get_running_loop()
-        deadline: float | None = None
+        # The deadline covers the whole attempt, waiting for a per-host slot included: a burst on one
+        # slow host cannot hold a listing longer than SWATCH_FETCH_TOTAL_TIMEOUT_S per attempt.
+        deadline = loop.time() + self._settings.total_timeout_s
         status: int | None = None
         seen: set[str] = set()
         current = url
@@ -210,10 +213,12 @@ class HttpImageSource(StartClose):
             except URLRefusedError as refused:
                 return Attempt(refused.outcome, refused.reason, status)
             seen.add(str(checked.with_fragment(None)))
-            async with self._limiter.slot(checked.host or ""):
-                if deadline is None:
-                    deadline = loop.time() + self._settings.total_timeout_s
-                step = await self._hop(session, checked, deadline)
+            try:
+                async with self._limiter.slot(checked.host or "", deadline):
+                    step = await self._hop(session, checked, deadline)
+            except SlotTimeoutError as busy:
+                reason = f"timed out after {self._settings.total_timeout_s}s waiting for a download slot: {busy}"
+                return Attempt(FetchOutcome.TIMEOUT, reason, status, transient=True)
             if isinstance(step, Attempt):
                 return step if step.status is not None or status is None else replace(step, status=status)
             status, current = step.status, str(step.target)

@@ -69,6 +69,15 @@ class _HostSlot:
     users: int = 0
 
 
+class SlotTimeoutError(Exception):
+    """Every download slot of a host stayed taken until the attempt's deadline."""
+
+    def __init__(self, host: str, limit: int) -> None:
+        super().__init__(f"{host} already has {limit} downloads in flight")
+        self.host = host
+        self.limit = limit
+
+
 class HostLimiter:
     """A semaphore per host, dropped again when nobody holds or waits for it."""
 
@@ -77,15 +86,25 @@ class HostLimiter:
         self._slots: dict[str, _HostSlot] = {}
 
     @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        """Hold one of ``host``'s slots for the block, waiting while all are taken."""
+    async def slot(self, host: str, deadline: float | None = None) -> AsyncIterator[None]:
+        """Hold one of ``host``'s slots for the block, waiting while all are taken (until ``deadline``).
+
+        Raises :class:`SlotTimeoutError` when no slot came free before the loop-time ``deadline``.
+        """
         entry = self._slots.get(host)
         if entry is None:
             entry = self._slots[host] = _HostSlot(asyncio.Semaphore(self._limit))
         entry.users += 1
         try:
-            async with entry.semaphore:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await entry.semaphore.acquire()
+            except TimeoutError:
+                raise SlotTimeoutError(host, self._limit) from None
+            try:
                 yield
+            finally:
+                entry.semaphore.release()
         finally:
             entry.users -= 1
             if entry.users == 0:

@@ -306,6 +306,24 @@ def test_per_host_concurrency_limit() -> None:
     run(scenario)
 
 
+def test_waiting_for_a_host_slot_counts_against_the_deadline() -> None:
+    # A burst on one hung host: more fetches than it has slots. Each must end by its own deadline,
+    # not after the fetches ahead of it have each used theirs.
+    async def scenario() -> None:
+        async with serving() as server:
+            async with ImageFetcher(settings(per_host_concurrency=2, total_timeout_s=0.5, retries=0)) as fetcher:
+                started = time.monotonic()
+                results = await asyncio.gather(*(fetcher.fetch(server.url("/slow-headers")) for _ in range(6)))
+                elapsed = time.monotonic() - started
+            server.state.release.set()
+        assert [r.outcome for r in results] == [FetchOutcome.TIMEOUT] * 6
+        waited = [r for r in results if r.reason and "waiting for a download slot" in r.reason]
+        assert len(waited) == 4, [r.reason for r in results]
+        assert elapsed < 1.5, f"the burst took {elapsed:.2f}s; each fetch has 0.5s"
+
+    run(scenario)
+
+
 def test_observer_sees_every_result_and_its_failures_do_not_escape() -> None:
     class Broken:
         def fetched(self, result: FetchResult) -> None:
