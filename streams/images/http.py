@@ -56,8 +56,8 @@ from streams.images.result import (
 from streams.images.transfer import (
     Attempt,
     HostLimiter,
-    SlotTimeoutError,
     Redirect,
+    SlotTimeoutError,
     classify_error,
     read_body,
     redirect_target,
