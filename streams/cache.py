@@ -23,6 +23,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from streams.config import RedisSettings
@@ -50,8 +53,12 @@ return #KEYS
 """
 
 
+BREAKER_BASE_S = 0.5
+BREAKER_CAP_S = 2.0  # short, so the cache is back within a few seconds of Redis (one cheap failed call per cap)
+
+
 class _Breaker:
-    """Skip Redis for a while after a failure: 0.5 s, doubling up to 30 s, reset by a success."""
+    """Skip Redis for a while after a failure: 0.5 s, doubling up to 2 s, reset by a success."""
 
     def __init__(self) -> None:
         self.failures = 0
@@ -65,7 +72,7 @@ class _Breaker:
         if self.open:
             return  # concurrent failures of one outage count once
         self.failures += 1
-        self.open_until = time.monotonic() + min(30.0, 0.5 * 2 ** (self.failures - 1))
+        self.open_until = time.monotonic() + min(BREAKER_CAP_S, BREAKER_BASE_S * 2 ** (self.failures - 1))
 
     def succeeded(self) -> None:
         self.failures = 0
@@ -139,6 +146,10 @@ class RedisStore:
                 socket_timeout=self.timeout_s,
                 socket_connect_timeout=self.timeout_s,
                 health_check_interval=30,
+                # After a Redis restart every pooled connection is dead: retry once on a fresh one
+                # instead of failing (and backing off) once per stale connection.
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
             self._client = aioredis.Redis(connection_pool=pool)
         self._breaker = _Breaker()
