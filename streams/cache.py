@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -36,6 +37,24 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 V = TypeVar("V")
 Probabilities = dict[str, list[float]]
+DECIMALS = 6  # probabilities are rounded once, when inferred, so a cached answer equals a fresh one
+
+
+def rounded(probs: Mapping[str, Sequence[float]]) -> Probabilities:
+    """Probabilities as the cache keeps them (and as the worker decides on them): rounded to 6 decimals."""
+    return {str(k): [round(float(p), DECIMALS) for p in v] for k, v in probs.items()}
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A cached prediction and the listing version it was first computed for (``by``), when known.
+
+    Knowing who computed it lets a redelivered listing report the same image outcome (TAGGED for
+    its own inference, CACHE_HIT for someone else's) as the first time.
+    """
+
+    probabilities: Probabilities
+    by: str | None = None
 
 COALESCE_S = 0.001  # calls arriving within this window share one round trip
 MAX_BATCH = 512  # callers per round trip
@@ -155,7 +174,7 @@ class RedisStore:
         self._breaker = _Breaker()
         self._on_state = on_state or (lambda problem: None)  # told "why" when Redis starts failing, None when back
         self._failing = False
-        self._lookups: _Coalescer[Probabilities] = _Coalescer(self._get_many)
+        self._lookups: _Coalescer[Cached] = _Coalescer(self._get_many)
         self._writes: _Coalescer[None] = _Coalescer(self._set_many)
         self._version_reads: _Coalescer[int] = _Coalescer(self._versions_many)
         self._version_writes: _Coalescer[None] = _Coalescer(self._record_many)
@@ -180,8 +199,8 @@ class RedisStore:
 
     # -- predictions ----------------------------------------------------------------------------
 
-    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Probabilities]:
-        """Cached probabilities for the hashes that have them; errors count as misses."""
+    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Cached]:
+        """Cached predictions for the hashes that have them; errors count as misses."""
         if not hashes:
             return {}
         found = await self._lookups.submit(dict.fromkeys(hashes))
@@ -192,12 +211,16 @@ class RedisStore:
         self.metrics.cache.labels("miss").inc(len(hashes) - len(found))
         return found
 
-    async def put_predictions(self, items: Mapping[str, Probabilities]) -> None:
-        """Store probabilities with the configured TTL; a failure is counted and otherwise ignored."""
-        if items:
-            await self._writes.submit(items)
+    async def put_predictions(self, items: Mapping[str, Probabilities], by: str | None = None) -> None:
+        """Store probabilities computed for listing version ``by`` with the configured TTL.
 
-    async def _get_many(self, hashes: dict[str, Any]) -> dict[str, Probabilities] | None:
+        The first answer for an image is kept (SET NX): which listing computed it stays stable, so
+        repeats of that listing report the same outcome. A failure is counted and otherwise ignored.
+        """
+        if items:
+            await self._writes.submit({h: Cached(rounded(p), by) for h, p in items.items()})
+
+    async def _get_many(self, hashes: dict[str, Any]) -> dict[str, Cached] | None:
         keys = list(hashes)
 
         async def run(client: aioredis.Redis) -> list[Any]:
@@ -206,7 +229,7 @@ class RedisStore:
         raw = await self._call("get", run)
         if raw is None:
             return None
-        found: dict[str, Probabilities] = {}
+        found: dict[str, Cached] = {}
         for h, value in zip(keys, raw, strict=True):
             if value is None:
                 continue
@@ -219,8 +242,8 @@ class RedisStore:
     async def _set_many(self, items: dict[str, Any]) -> dict[str, None] | None:
         async def run(client: aioredis.Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for h, probs in items.items():
-                    pipe.set(self.prediction_key(h), _encode(probs), ex=self.settings.ttl_s)
+                for h, cached in items.items():
+                    pipe.set(self.prediction_key(h), _encode(cached), ex=self.settings.ttl_s, nx=True)
                 return list(await pipe.execute())
 
         return None if await self._call("set", run) is None else {}
@@ -299,15 +322,18 @@ class RedisStore:
         return result
 
 
-def _encode(probs: Probabilities) -> str:
-    return json.dumps({k: [round(p, 6) for p in v] for k, v in probs.items()}, separators=(",", ":"))
+def _encode(cached: Cached) -> str:
+    return json.dumps({"p": rounded(cached.probabilities), "by": cached.by}, separators=(",", ":"))
 
 
-def _decode(raw: bytes | str) -> Probabilities:
+def _decode(raw: bytes | str) -> Cached:
     data = json.loads(raw)
     if not isinstance(data, dict):
-        raise ValueError("expected an object of head -> probabilities")
-    return {str(k): [float(p) for p in v] for k, v in data.items()}
+        raise ValueError("expected an object")
+    if "p" in data:  # head keys always hold a dot ("group.attribute"), so "p" and "by" cannot clash
+        by = data.get("by")
+        return Cached(rounded(data["p"]), str(by) if by is not None else None)
+    return Cached(rounded(data))  # written before entries said who computed them
 
 
 def unique(items: Iterable[str]) -> list[str]:

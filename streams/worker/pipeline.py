@@ -96,7 +96,8 @@ class Pipeline:
         if await self.gate.is_stale(listing["listing_id"], int(listing["listing_version"])):
             return Outcome("stale", [], listing["listing_id"])  # a newer version is out: skip the work
         if listing["operation"] == "UPSERT":
-            images, fresh = await self.tagger.tag(listing["image_urls"])
+            owner = f"{listing['listing_id']}@{listing['listing_version']}"
+            images, fresh = await self.tagger.tag(listing["image_urls"], owner)
         await ticket.wait_turn()  # publish a listing's versions in the order they were consumed
         return await self._publish(record, listing, images, fresh)
 

@@ -4,6 +4,12 @@ Written against three small protocols (an image source, a prediction store, a ba
 runs in a unit test with fakes. Failures of an image (unreachable, hostile, not an image, does not
 decode) are outcomes of that image; a failure of the model is :class:`ModelError`, which the
 caller retries and finally dead-letters, because no image of the batch is at fault.
+
+Repeats give the same answer: probabilities are rounded when inferred, exactly as the cache keeps
+them, and every prediction remembers the listing version it was computed for. An image is
+``TAGGED`` for the listing version whose inference produced it and ``CACHE_HIT`` for every other
+one (a cached answer, or one shared from an identical image in flight), so a redelivered listing
+reports what it reported the first time.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Protocol
 
 import torch
 
+from streams.cache import Cached, rounded
 from streams.combine import ImageOutcome
 from streams.errors import SwatchError
 from streams.images import FetchOutcome, FetchResult
@@ -50,11 +57,11 @@ class ImageSource(Protocol):
 class PredictionStore(Protocol):
     """The prediction cache; fails open (errors are misses)."""
 
-    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Probabilities]:
-        """Cached probabilities of the hashes that have them."""
+    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Cached]:
+        """Cached predictions of the hashes that have them."""
 
-    async def put_predictions(self, items: Mapping[str, Probabilities]) -> None:
-        """Cache probabilities; never raises."""
+    async def put_predictions(self, items: Mapping[str, Probabilities], by: str | None = None) -> None:
+        """Cache probabilities computed for listing version ``by``; keeps the first; never raises."""
 
 
 class Batcher(Protocol):
@@ -66,11 +73,22 @@ class Batcher(Protocol):
 
 @dataclass(frozen=True)
 class Computed:
-    """An image's probabilities, shared by every listing waiting on the same content hash."""
+    """An image's probabilities, shared by every listing waiting on the same content hash.
+
+    ``by`` is the listing version the probabilities were computed for (None when unknown).
+    """
 
     probabilities: Probabilities | None
     outcome: str
     reason: str | None = None
+    by: str | None = None
+
+    def seen_by(self, owner: str) -> tuple[str, bool]:
+        """``(outcome, inferred for this listing version)`` as the listing version ``owner`` reports it."""
+        if self.probabilities is None:
+            return self.outcome, False
+        mine = self.by == owner
+        return ("TAGGED" if mine else "CACHE_HIT"), mine
 
 
 class Slots:
@@ -123,14 +141,17 @@ class ImageTagger:
         self._slots = Slots(max_images_in_flight)
         self._computing: dict[str, asyncio.Future[Computed]] = {}
 
-    async def tag(self, urls: Sequence[str]) -> tuple[list[ImageOutcome], bool]:
-        """Outcomes in listing order, and whether any usable image was inferred now (not cached)."""
+    async def tag(self, urls: Sequence[str], owner: str) -> tuple[list[ImageOutcome], bool]:
+        """Outcomes in listing order, and whether any usable image was inferred for ``owner``.
+
+        ``owner`` names the listing version (``listing_id@version``) the inference is for.
+        """
         urls = list(urls)
         limit = self.max_images
         async with self._slots.hold(len(urls[:limit])):  # bounds the image bytes held in memory
             fetched = await asyncio.gather(*(self._images.fetch(url) for url in urls[:limit]))
             by_hash = {r.content_hash: r for r in fetched if r.ok and r.content_hash}
-            computed = await self._predictions(list(by_hash), by_hash)
+            computed = await self._predictions(list(by_hash), by_hash, owner)
         outcomes: list[ImageOutcome] = []
         fresh = False
         for result in fetched:
@@ -139,14 +160,17 @@ class ImageTagger:
                 outcomes.append(ImageOutcome(result.url, result.outcome.value, None, reason))
                 continue
             c = computed[result.content_hash]
-            fresh = fresh or c.outcome == "TAGGED"
-            outcomes.append(ImageOutcome(result.url, c.outcome, result.content_hash, c.reason, c.probabilities))
+            outcome, mine = c.seen_by(owner)
+            fresh = fresh or mine
+            outcomes.append(ImageOutcome(result.url, outcome, result.content_hash, c.reason, c.probabilities))
         for url in urls[limit:]:
             reason = f"not fetched: more than {limit} images in the listing"
             outcomes.append(ImageOutcome(url, FetchOutcome.FETCH_FAILED.value, None, reason))
         return outcomes, fresh
 
-    async def _predictions(self, hashes: list[str], results: dict[str, FetchResult]) -> dict[str, Computed]:
+    async def _predictions(
+        self, hashes: list[str], results: dict[str, FetchResult], owner: str
+    ) -> dict[str, Computed]:
         """Per hash: shared with an identical image in flight, else from the cache, else the model."""
         loop = asyncio.get_running_loop()
         waiting = {h: self._computing[h] for h in hashes if h in self._computing}
@@ -155,12 +179,12 @@ class ImageTagger:
         self._computing.update(mine)
         try:
             cached = await self._store.get_predictions(list(mine))
-            for h, probs in cached.items():
-                mine[h].set_result(Computed(probs, "CACHE_HIT"))
+            for h, entry in cached.items():
+                mine[h].set_result(Computed(entry.probabilities, "CACHE_HIT", by=entry.by))
             misses = [h for h in mine if h not in cached]
-            computed = await asyncio.gather(*(self._infer(results[h].data or b"") for h in misses))
+            computed = await asyncio.gather(*(self._infer(results[h].data or b"", owner) for h in misses))
             fresh = {h: c.probabilities for h, c in zip(misses, computed, strict=True) if c.probabilities}
-            await self._store.put_predictions(fresh)
+            await self._store.put_predictions(fresh, owner)
             for h, c in zip(misses, computed, strict=True):
                 mine[h].set_result(c)
         except BaseException as exc:
@@ -177,10 +201,10 @@ class ImageTagger:
             except ModelError:
                 raise
             except (asyncio.CancelledError, Exception):  # the other listing was dropped: do it ourselves
-                out[h] = await self._infer(results[h].data or b"")
+                out[h] = await self._infer(results[h].data or b"", owner)
         return out
 
-    async def _infer(self, data: bytes) -> Computed:
+    async def _infer(self, data: bytes, owner: str) -> Computed:
         loop = asyncio.get_running_loop()
         try:
             tensor = await loop.run_in_executor(self._decode_pool, self._preprocess, data)
@@ -192,7 +216,7 @@ class ImageTagger:
             raise
         except Exception as exc:
             raise ModelError(f"model failed on a batch: {type(exc).__name__}: {exc}") from exc
-        return Computed(probs, "TAGGED")
+        return Computed(rounded(probs), "TAGGED", by=owner)
 
 
 def _fail_waiters(futures: Iterable[asyncio.Future[Computed]], exc: BaseException) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.cache import RedisStore
+from streams.cache import Cached, RedisStore
 from streams.config import RedisSettings
 from streams.metrics import WorkerMetrics
 from tests.chaos.harness import RedisServer
@@ -38,8 +38,11 @@ def test_predictions_and_versions_round_trip_per_namespace(server: RedisServer) 
     async def main() -> None:
         store, metrics, _ = _store(server.url, "deployment-a-attributes")
         other, _, _ = _store(server.url, "deployment-b-attributes")
-        await store.put_predictions({"h1": PROBS})
-        assert await store.get_predictions(["h1", "h2"]) == {"h1": PROBS}
+        await store.put_predictions({"h1": {"apparel.colour": [0.1234567891, 0.8765432109]}}, by="L1@1")
+        await store.put_predictions({"h1": PROBS}, by="L9@9")  # the first answer is kept
+        assert await store.get_predictions(["h1", "h2"]) == {
+            "h1": Cached({"apparel.colour": [0.123457, 0.876543]}, by="L1@1")
+        }
         assert metrics.value("swatch_cache_lookups_total", {"result": "hit"}) == 1
         await store.record_version("L1", 3)
         await store.record_version("L1", 2)  # the store keeps the maximum

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from confluent_kafka import KafkaError
 
+from streams.cache import Cached, rounded
 from streams.codec import Codec
 from streams.combine import resolve_thresholds
 from streams.config import TopicSettings
@@ -69,16 +70,17 @@ class FakeImages:
 class FakeStore:
     """An in-memory prediction and version store that can be switched to failing (as a miss)."""
 
-    predictions: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    predictions: dict[str, Cached] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     down: bool = False
 
-    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    async def get_predictions(self, hashes: Sequence[str]) -> dict[str, Cached]:
         return {} if self.down else {h: self.predictions[h] for h in hashes if h in self.predictions}
 
-    async def put_predictions(self, items: Mapping[str, dict[str, list[float]]]) -> None:
+    async def put_predictions(self, items: Mapping[str, dict[str, list[float]]], by: str | None = None) -> None:
         if not self.down:
-            self.predictions.update(items)
+            for h, probs in items.items():
+                self.predictions.setdefault(h, Cached(rounded(probs), by))
 
     async def last_version(self, listing_id: str) -> int | None:
         return None if self.down else self.versions.get(listing_id)

@@ -264,3 +264,30 @@ def test_images_beyond_the_limit_are_listed_not_fetched() -> None:
     images = _decode(parts, outcome, "attributes")["images"]
     assert [i["url"] for i in images] == urls and len(parts.images.fetched) == 4
     assert {i["reason"] for i in images[4:]} == {"not fetched: more than 4 images in the listing"}
+
+
+def test_a_redelivered_listing_gets_the_same_event() -> None:
+    # The promise downstream relies on: a repeat has the same event_id and the same content. Fresh
+    # probabilities are rounded as the cache keeps them, and an image is TAGGED only for the listing
+    # version whose inference produced it, so the second time (a cache hit) reads like the first.
+    parts = make_pipeline()
+    parts.batcher.probabilities = {  # more decimals than the cache keeps
+        k: [0.9123456789] + [0.0876543211 / (len(v) - 1)] * (len(v) - 1) for k, v in parts.batcher.probabilities.items()
+    }
+
+    def event(listing_id: str) -> dict[str, Any]:
+        record = _listing(listing_id, event_time=1_000)  # the same record, redelivered
+        outcome = asyncio.run(_process(parts, parts.codec.encode("listing_event", record)))
+        body = dict(_decode(parts, outcome, "attributes"))
+        del body["event_time"], body["processing_latency_ms"]
+        return body
+
+    first = event("L1")
+    assert first["images"][0]["outcome"] == "TAGGED" and parts.batcher.calls == 1
+    again = event("L1")
+    assert parts.batcher.calls == 1, "the repeat was answered from the cache"
+    assert again == first
+    other = event("L2")  # the same image, computed for another listing: a cache hit for this one
+    assert other["images"][0]["outcome"] == "CACHE_HIT"
+    assert {a["source"] for a in other["attributes"]} == {"CACHE"}
+    assert event("L2") == other
