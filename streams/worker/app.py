@@ -274,7 +274,7 @@ class Worker:
         while tracker.in_flight() and time.monotonic() < deadline and self._fatal is None:
             await asyncio.sleep(0.02)
         if self._fatal is None:
-            await consumer_loop.delivery.commit()
+            await consumer_loop.delivery.commit(final=True)
         leftover = tracker.in_flight()
         if leftover:
             logger.warning("dropping %d listing(s) still in flight; they will be redelivered", leftover)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streams.config import Settings
 from streams.errors import SwatchError
@@ -53,6 +53,7 @@ class KafkaClients:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="swatch-kafka")
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
 
     @property
     def transactional(self) -> bool:
@@ -110,6 +111,7 @@ class KafkaClients:
         self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback, on_lost: RebalanceCallback
     ) -> Consumer:
         conf = consumer_config(self.settings.kafka, bootstrap=self.bootstrap)
+        conf["on_commit"] = self._committed  # results of asynchronous commits, served inside consume()
         if self.settings.worker.instance_id:
             conf["group.instance.id"] = self.settings.worker.instance_id
         if self.transactional_id is not None:
@@ -117,6 +119,10 @@ class KafkaClients:
         consumer = self._consumer_factory(conf)
         consumer.subscribe([self.settings.topics.listings], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         return consumer
+
+    def _committed(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if self.on_commit is not None:
+            self.on_commit(err, partitions)
 
     async def flush(self, timeout_s: float) -> int:
         """Deliver what the producer still holds, for at most ``timeout_s``; returns what is left."""

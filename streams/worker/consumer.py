@@ -166,17 +166,25 @@ class ConsumerLoop:
             return
         transactional = self.clients.transactional
         wait_s = 0.0 if lost or transactional else self.settings.worker.revoke_timeout_s
+        started = time.monotonic()
         future = asyncio.run_coroutine_threadsafe(self.settle(keys, wait_s), self._loop)
         try:
             positions = future.result(timeout=wait_s + 30)
         except Exception as exc:  # the loop is gone (shutdown): nothing more to finish
             logger.warning("could not settle revoked partitions: %s", exc)
             positions = {}
+        settled = time.monotonic()
         self.assigned -= keys
         self.metrics.assigned.set(len(self.assigned))
         if positions and not lost and isinstance(self.delivery, AtLeastOnce):
             self.delivery.commit_now(positions)
-        logger.info("%s %s", "lost" if lost else "revoked", sorted(keys))
+        logger.info(
+            "%s %s (work settled in %.2fs, commit %.2fs)",
+            "lost" if lost else "revoked",
+            sorted(keys),
+            settled - started,
+            time.monotonic() - settled,
+        )
 
     async def settle(self, keys: set[TopicPartitionKey], wait_s: float) -> dict[TopicPartitionKey, int]:
         """Event loop: wait up to ``wait_s`` for the partitions' jobs, drop the rest, return commit positions."""

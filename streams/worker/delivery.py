@@ -7,7 +7,8 @@ Both modes sit behind one interface over the :class:`streams.tracker.OffsetTrack
   review request the broker refused) and returns when all are acknowledged; transactional mode
   queues them for the next transaction and returns at once.
 - :meth:`Delivery.commit` runs every commit interval. Every commit checks each partition's error
-  (as quix-streams' ``Checkpoint.commit`` does): only positions the broker accepted count.
+  (as quix-streams' ``Checkpoint.commit`` does): only positions the broker accepted count. At
+  least once commits asynchronously (:mod:`streams.worker.commits`), so a commit never blocks polling.
 
 Broker errors, by owner: a refused record (``MSG_SIZE_TOO_LARGE`` and the like) raises
 :class:`OutputRefusedError`, and the listing becomes a dead letter; a retriable error (timeouts,
@@ -23,12 +24,13 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from streams.errors import FatalError, SwatchError
 from streams.metrics import WorkerMetrics
 from streams.tracker import OffsetTracker, TopicPartitionKey
 from streams.worker.clients import KafkaClients
+from streams.worker.commits import Committer
 from streams.worker.health import HealthState
 from streams.worker.records import Consumed, Output
 
@@ -84,8 +86,8 @@ class Delivery(Protocol):
     async def deliver(self, record: Consumed, outputs: list[Output]) -> None:
         """Produce (or queue) one record's outputs."""
 
-    async def commit(self) -> None:
-        """Commit what is committable now."""
+    async def commit(self, *, final: bool = False) -> None:
+        """Commit what is committable now (``final``: the last commit before leaving, and wait for it)."""
 
     def refusal(self, tp: TopicPartitionKey, offset: int) -> str | None:
         """Why the broker refused this record's output earlier (transactional mode), if it did."""
@@ -104,6 +106,7 @@ class AtLeastOnce:
         self.tracker = tracker
         self.metrics = metrics
         self.health = health
+        self.committer = Committer(clients, tracker, metrics)
 
     async def deliver(self, record: Consumed, outputs: list[Output]) -> None:
         """Produce the outputs one after another, each once the previous one is acknowledged."""
@@ -177,38 +180,13 @@ class AtLeastOnce:
             return
         raise FatalError(f"output to {output.topic} not acknowledged: {error.str()}")
 
-    async def commit(self) -> None:
-        """Commit every partition's contiguous finished position; failed partitions retry next time."""
-        positions = self.tracker.committable()
-        if positions:
-            accepted = await self.clients.call(self.commit_now, positions)
-            self.tracker.mark_committed(accepted)
+    async def commit(self, *, final: bool = False) -> None:
+        """Commit every partition's contiguous finished position (asynchronously; synchronously when ``final``)."""
+        if final:
+            await self.committer.commit_and_wait()
+        else:
+            await self.committer.commit()
 
     def commit_now(self, positions: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
-        """Kafka thread: commit ``positions`` of partitions still owned; returns what the broker accepted."""
-        consumer = self.clients.consumer
-        owned = {(p.topic, p.partition) for p in consumer.assignment()}
-        wanted = {tp: pos for tp, pos in positions.items() if tp in owned}
-        if not wanted:
-            return {}
-        try:
-            results = consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in wanted.items()], asynchronous=False
-            )
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            name = error.name() if error is not None else type(exc).__name__
-            self.metrics.commit_failures.labels(name).inc(len(wanted))
-            logger.warning("offset commit failed for %d partition(s) (will retry): %s", len(wanted), exc)
-            return {}
-        accepted = {}
-        for result in results or []:
-            tp = (result.topic, result.partition)
-            if result.error is not None:
-                self.metrics.commit_failures.labels(result.error.name()).inc()
-                logger.warning("offset commit failed for %s[%d] (will retry): %s", *tp, result.error.str())
-            elif tp in wanted:
-                accepted[tp] = wanted[tp]
-        if accepted:
-            self.metrics.commits.inc()
-        return accepted
+        """Kafka thread: commit synchronously (on revoke); returns what the broker accepted."""
+        return self.committer.commit_now(positions)

@@ -70,7 +70,7 @@ class Transactional:
         """Drop queued outputs of partitions no longer owned (their new owner redoes them)."""
         self._queued = [q for q in self._queued if q.tp not in keys]
 
-    async def commit(self) -> None:
+    async def commit(self, *, final: bool = False) -> None:
         """One transaction with every committable record's outputs and the partitions' positions."""
         positions = self.tracker.committable()
         if not positions:

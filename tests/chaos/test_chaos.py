@@ -15,6 +15,7 @@ for the full one (``make chaos``).
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -402,7 +403,13 @@ def test_slow_and_stuck_image_hosts(
 
 S7_DWELL_S = pick(3.0, 30.0)  # how long each membership state lasts
 S7_RATE = pick(8.0, 15.0)
-STALL_MARGIN_S = 5.0  # beyond the session timeout: one rebalance round on the broker
+# The embedded broker's group protocol alone leaves a moving partition without an owner for about
+# 7 s at a 6 s session timeout (measured with bare confluent-kafka consumers, no Swatch:
+# benchmarks/rebalance_probe.py), so a partition's output may pause for that long on Tansu; the
+# worker may add little on top. Its own share (settling and committing revoked work) is checked
+# separately, from its log, and must stay under a second.
+STALL_LIMIT_S = SESSION_TIMEOUT_S + 4.0
+WORKER_REVOKE_S = 1.0
 
 
 @pytest.mark.timeout(pick(180, 600))
@@ -457,10 +464,19 @@ def test_second_worker_joins_and_leaves(
     _finish(chaos_row, verifier, feeder.sent, first, second)
     chaos_row.check(covered, "all covered")
     chaos_row.check(still_pending, "harness: input still pending after the second leave")
-    limit = SESSION_TIMEOUT_S + STALL_MARGIN_S
     worst = max([merged.seconds, *(stall.seconds for stall in per_partition.values())])
     chaos_row.check(
-        worst <= limit, f"no stall longer than {limit:.0f}s while input is pending (any partition)", f"{worst:.1f}s"
+        worst <= STALL_LIMIT_S,
+        f"no stall longer than {STALL_LIMIT_S:.0f}s while input is pending (any partition)",
+        f"{worst:.1f}s",
+    )
+    revokes = [line for proc in (first, second) for line in proc.log_lines("(work settled in")]
+    spent = [float(x) for line in revokes for x in re.findall(r"(?:settled in|commit) ([0-9.]+)s", line)]
+    chaos_row.notes.append(f"worker's own revoke handling max {max(spent, default=0):.2f}s over {len(revokes)}")
+    chaos_row.check(
+        bool(revokes) and max(spent) < WORKER_REVOKE_S,
+        f"the worker settles and commits revoked work within {WORKER_REVOKE_S:.0f}s",
+        f"{spent}",
     )
     chaos_row.check(exits == [0], "the leaving worker drains on SIGTERM with exit 0", f"{exits}")
     chaos_row.assert_all()

@@ -75,6 +75,8 @@ class FakeConsumer:
     partition_errors: dict[int, KafkaError] = field(default_factory=dict)
     whole_error: KafkaError | None = None
     commits: list[list[tuple[int, int]]] = field(default_factory=list)
+    conf: dict[str, Any] = field(default_factory=dict)
+    answered: list[list[_Result]] = field(default_factory=list)  # async results, served by consume()
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         pass
@@ -82,11 +84,20 @@ class FakeConsumer:
     def assignment(self) -> list[TopicPartition]:
         return self.owned
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[_Result]:
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[_Result] | None:
         if self.whole_error is not None:
             raise KafkaException(self.whole_error)
         self.commits.append([(o.partition, o.offset) for o in offsets])
-        return [_Result(o.topic, o.partition, o.offset, self.partition_errors.get(o.partition)) for o in offsets]
+        results = [_Result(o.topic, o.partition, o.offset, self.partition_errors.get(o.partition)) for o in offsets]
+        if asynchronous:
+            self.answered.append(results)  # like librdkafka: the answer comes later, inside consume()
+            return None
+        return results
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        while self.answered:
+            self.conf["on_commit"](None, self.answered.pop(0))
+        return []
 
     def close(self) -> None:
         pass
@@ -103,9 +114,13 @@ class Rig:
         self.clients = KafkaClients(
             settings,
             producer_factory=lambda conf: self.producer,  # type: ignore[arg-type,return-value]
-            consumer_factory=lambda conf: self.consumer,  # type: ignore[arg-type,return-value]
+            consumer_factory=self._consumer_with,  # type: ignore[arg-type]
         )
         self.delivery = AtLeastOnce(self.clients, self.tracker, self.metrics, self.health)
+
+    def _consumer_with(self, conf: dict[str, Any]) -> FakeConsumer:
+        self.consumer.conf = conf
+        return self.consumer
 
     async def started(self) -> asyncio.Task[None]:
         await self.clients.start(lambda *a: None, lambda *a: None, lambda *a: None)
@@ -208,18 +223,31 @@ def test_commit_checks_every_partitions_error() -> None:
         rig.tracker.finish(("in", partition), 10)
     rig.consumer.partition_errors[1] = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalance in progress")
 
+    async def answered() -> None:
+        """librdkafka serves commit results inside consume(); the loop gets them right after."""
+        await rig.clients.call(rig.consumer.consume, 10, 0)
+        await asyncio.sleep(0.01)
+
     async def main() -> None:
         await rig.clients.start(lambda *a: None, lambda *a: None, lambda *a: None)
         await rig.delivery.commit()
+        assert rig.tracker.committable() == {("in", 0): 11, ("in", 1): 11}, "nothing is marked before the answer"
+        await rig.delivery.commit()
+        assert len(rig.consumer.commits) == 1, "a commit on its way is not sent twice"
+        await answered()
         assert rig.tracker.committable() == {("in", 1): 11}, "the failed partition is committed again next time"
         rig.consumer.partition_errors.clear()
         await rig.delivery.commit()
+        await answered()
         assert rig.tracker.committable() == {}
         rig.tracker.start(("in", 0), 11)
         rig.tracker.finish(("in", 0), 11)
         rig.consumer.whole_error = KafkaError(KafkaError._TRANSPORT, "broker down")
         await rig.delivery.commit()
         assert rig.tracker.committable() == {("in", 0): 12}
+        rig.consumer.whole_error = None
+        await rig.delivery.commit(final=True)  # the last one, synchronous
+        assert rig.tracker.committable() == {}
         await rig.clients.stop()
 
     asyncio.run(main())

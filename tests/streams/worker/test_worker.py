@@ -194,7 +194,8 @@ def test_redis_down_fails_open(
     with running(Worker(settings, predictor=predictor)) as worker:
         publish(settings, *(listing(f"D{i}", [_url(images, rows[i])]) for i in range(3)))
         reader.wait_for(lambda seen: all(reader.attribute_events(f"D{i}") for i in range(3)))
-        errors = sum(worker.metrics.value("swatch_cache_errors_total", {"op": op}) for op in ("get", "set"))
+        ops = ("get", "set", "version_get", "version_set")
+        errors = sum(worker.metrics.value("swatch_cache_errors_total", {"op": op}) for op in ops)
     assert errors >= 1, "the cache-error metric must show the outage"
     assert all(reader.attribute_events(f"D{i}")[0]["attributes"] for i in range(3))
 
