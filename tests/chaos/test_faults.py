@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,9 +28,10 @@ from streams.config import Settings
 from streams.images import FetchResult, ImageFetcher
 from streams.worker import Worker
 from tagger.predict import Predictor
+from tests.chaos.checks import finish
 from tests.chaos.report import ScenarioRow
 from tests.chaos.scale import pick
-from tests.chaos.verifier import Verdict, Verifier
+from tests.chaos.verifier import Verifier
 from tests.chaos.workload import Feeder, Planned, Row, plan_listings
 from tests.streams.worker_harness import PARTITIONS, running
 
@@ -68,17 +69,6 @@ class FlakyPredictor:
             self.failures += 1
             raise RuntimeError("CUDA error: device-side assert triggered")
         return self._real.probabilities(batch)
-
-
-def _finish(row: ScenarioRow, verifier: Verifier, sent: Sequence[Any]) -> Verdict:
-    verifier.drain()
-    verdict = verifier.verdict(list(sent))
-    row.add_verdict(verdict)
-    row.check(not verdict.missing, "no listing lost", f"{len(verdict.missing)} missing, e.g. {verdict.missing[:5]}")
-    row.check(not verdict.mismatched, "repeats identical", f"{verdict.mismatched[:2]}")
-    row.check(not verdict.stale, "nothing stale", f"{verdict.stale[:5]}")
-    row.check(not verdict.undecodable_outputs, "every output decodes", f"{verdict.undecodable_outputs[:3]}")
-    return verdict
 
 
 def _committed_to_end(settings: Settings) -> dict[int, tuple[int, int]]:
@@ -129,7 +119,7 @@ def test_model_fails_for_one_batch_and_for_a_poison_image(
     with running(worker):
         feeder.publish(plan[: len(plan) // 2] + poison + plan[len(plan) // 2 :])
         verifier.wait_covered(feeder.snapshot, pick(120, 400))
-    verdict = _finish(chaos_row, verifier, feeder.snapshot())
+    verdict = finish(chaos_row, verifier, feeder.snapshot())
     letters = [o for o in verifier.of("dlq") if o.value is not None]
     poisoned = {o.key for o in letters if o.value and o.value["reason"] == "model_failed"}
     expected = {p.key for p in poison}
@@ -219,7 +209,7 @@ def test_outputs_the_broker_refuses_end_as_dead_letters_and_partitions_keep_comm
         chaos_row.notes.append(f"review topic gone {time.monotonic() - gone_at:.0f}s")
         committed = _wait_committed(settings)
     chaos_row.check(covered, "every listing covered after the review topic came back")
-    verdict = _finish(chaos_row, verifier, feeder.snapshot())
+    verdict = finish(chaos_row, verifier, feeder.snapshot())
     by_key = {o.key: o.value for o in verifier.of("dlq") if o.value}
     for key in ("Ohuge", "Omedium"):
         letter = by_key.get(key)
@@ -302,7 +292,7 @@ def test_registry_unreachable_at_start_and_mid_run(
     finally:
         worker.stop()
         thread.join(60)
-    verdict = _finish(chaos_row, verifier, feeder.snapshot())
+    verdict = finish(chaos_row, verifier, feeder.snapshot())
     only_junk = set(verdict.dead_letters) <= {"undecodable"}
     chaos_row.check(only_junk, "only the junk is dead-lettered", f"{verdict.dead_letters}")
     chaos_row.notes.append(f"registry calls refused {registry.refused}")
