@@ -2,7 +2,8 @@
 
 Its parts, each owning its failures (the README's "The worker" section describes the behaviour):
 
-- :mod:`~streams.worker.app`: :class:`Worker`, the thin composition, started and stopped as one chain;
+- :mod:`~streams.worker.app`: :class:`Worker`, the thin composition: run, stop, fail, drain;
+- :mod:`~streams.worker.assembly`: builds the parts and starts them as one ordered chain;
 - :mod:`~streams.worker.clients`: the Kafka clients and the thread their blocking calls run on;
 - :mod:`~streams.worker.consumer`: poll, dispatch, backpressure (:mod:`~streams.worker.pausing`),
   periodic commits and rebalances;
@@ -11,8 +12,8 @@ Its parts, each owning its failures (the README's "The worker" section describes
   :mod:`~streams.worker.tagging` (fetch, cache, batch), :mod:`~streams.worker.sequencer`
   (per-listing order), :mod:`~streams.worker.gate` (the version rule) and
   :mod:`~streams.worker.letters` (dead letters that fit);
-- :mod:`~streams.worker.delivery` and :mod:`~streams.worker.transactions`: at-least-once and
-  transactional delivery behind one interface;
+- :mod:`~streams.worker.delivery` (with :mod:`~streams.worker.commits`) and
+  :mod:`~streams.worker.transactions`: at-least-once and transactional delivery behind one interface;
 - :mod:`~streams.worker.health`: /metrics, /healthz and /readyz on their own thread.
 """
 

@@ -1,19 +1,12 @@
 """The stream worker: a thin composition of its parts, started and stopped as one ordered chain.
 
-Start order (stop runs it backwards, like faust's ``BootStrategy``):
-
-1. the health server (first up, last down: probes answer during start-up and draining);
-2. the Redis store (prediction cache and version store; fails open);
-3. the micro-batcher (model thread) and the image source;
-4. the codec: with a registry, every output subject is registered (with its compatibility level)
-   before anything is consumed; an unreachable registry is waited for, a refusal stops the worker;
-5. the Kafka clients (producer, then the consumer's subscription) and the producer's poller.
-
-Then the consumer loop runs until SIGTERM/SIGINT or a fatal error. Draining: stop polling, let
-in-flight listings finish for ``drain_timeout_s``, commit (or commit the last transaction), drop the
-rest (redelivered later), close the consumer (leaving the group), flush the producer, then the
-chain above in reverse. The exit code is 0 after a clean drain and 1 after a fatal error, with no
-commit past the record that caused it.
+:mod:`streams.worker.assembly` builds the parts and starts them in order on one exit stack (its
+docstring writes the order down; stopping runs it backwards, like faust's ``BootStrategy``). Then
+the consumer loop runs until SIGTERM/SIGINT or a fatal error. Draining: stop polling, let in-flight
+listings finish for ``drain_timeout_s``, commit (or commit the last transaction), drop the rest
+(redelivered later), flush the producer, then the chain in reverse (the consumer leaves the group).
+The exit code is 0 after a clean drain and 1 after a fatal error, with no commit past the record
+that caused it.
 """
 
 from __future__ import annotations
@@ -26,44 +19,27 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from streams.batcher import MicroBatcher
-from streams.cache import RedisStore
 from streams.codec import Codec
 from streams.codec.wire import RegistryFactory
 from streams.combine import resolve_thresholds
 from streams.config import Settings
-from streams.errors import FatalError, RegistryUnavailableError
-from streams.images import FetchResult, ImageFetcher
-from streams.kafka import max_message_bytes
+from streams.errors import FatalError
+from streams.images import FetchResult
 from streams.metrics import WorkerMetrics
-from streams.tracker import OffsetTracker
-from streams.worker.clients import ConsumerFactory, KafkaClients, ProducerFactory
+from streams.worker.assembly import metrics_host, start_parts
+from streams.worker.clients import ConsumerFactory, ProducerFactory
 from streams.worker.consumer import ConsumerLoop
-from streams.worker.delivery import AtLeastOnce, Delivery, backoff
-from streams.worker.gate import VersionGate
-from streams.worker.health import HealthServer, HealthState
-from streams.worker.jobs import ErrorBudget, JobRunner, WorkerError
-from streams.worker.letters import DeadLetters
-from streams.worker.pipeline import Pipeline
-from streams.worker.tagging import ImageSource, ImageTagger
-from streams.worker.transactions import Transactional
+from streams.worker.health import HealthState
+from streams.worker.jobs import WorkerError
+from streams.worker.tagging import ImageSource
 from tagger.predict import Predictor
 
+__all__ = ["Worker", "metrics_host"]
+
 logger = logging.getLogger(__name__)
-
-OUTPUT_SCHEMAS = (("attribute_event", "attributes"), ("review_request", "review"), ("dead_letter", "dlq"))
-
-
-def metrics_host(configured: str | None) -> str:
-    """The probes' address: as configured, else all interfaces in Kubernetes and loopback elsewhere."""
-    if configured:
-        return configured
-    return "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"  # noqa: S104
-
 
 class Worker:
     """Consumes listing events and publishes attribute events; see the module docstring."""
@@ -99,8 +75,8 @@ class Worker:
             loop_stall_s=settings.worker.loop_stall_s, stuck_after_s=settings.worker.stuck_after_s
         )
         self.metrics_port: int | None = None
-        self._factories = (consumer_factory, producer_factory)
-        self._image_source = image_source
+        self.factories = (consumer_factory, producer_factory)
+        self.image_source = image_source
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +99,10 @@ class Worker:
             logger.error("worker stopping after a fatal error: %s", exc)
         self._stop.set()
 
+    def stop_requested(self) -> bool:
+        """Whether :meth:`stop` (or a fatal error) asked the worker to stop."""
+        return self._stop.is_set()
+
     @property
     def failed(self) -> bool:
         """Whether a fatal error stopped (or is stopping) the worker."""
@@ -139,7 +119,7 @@ class Worker:
                 loop.add_signal_handler(sig, self._signalled, sig)
         async with contextlib.AsyncExitStack() as chain:
             try:
-                consumer_loop = await self._start(chain)
+                consumer_loop = await start_parts(self, chain)
                 if consumer_loop is not None:
                     await self._consume(consumer_loop)
             except (FatalError, WorkerError) as exc:
@@ -150,115 +130,6 @@ class Worker:
         code = 1 if self._fatal is not None else 0
         logger.info("worker %s stopped (exit %d)", self.worker_id, code)
         return code
-
-    async def _start(self, chain: contextlib.AsyncExitStack) -> ConsumerLoop | None:
-        settings = self.settings
-        host = metrics_host(settings.worker.metrics_host)
-        health_server = HealthServer(self.metrics, self.health, host, settings.worker.metrics_port)
-        await health_server.start()
-        chain.push_async_callback(health_server.stop)
-        self.metrics_port = health_server.port
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="heartbeat")
-        chain.push_async_callback(_cancel, heartbeat)
-
-        namespace = settings.topics.attributes  # deployments sharing a Redis do not share versions
-        store = RedisStore(
-            self.redis_url,
-            settings.redis,
-            self.model_id,
-            self.metrics,
-            version_namespace=namespace,
-            on_state=self._redis_state,
-        )
-        chain.push_async_callback(store.close)
-        batcher: MicroBatcher[dict[str, list[float]]] = MicroBatcher(
-            self.predictor.probabilities,
-            settings.batch.max_size,
-            settings.batch.max_wait_ms / 1000,
-            on_batch=self._batch_done,
-        )
-        batcher.start()
-        chain.push_async_callback(batcher.close)
-        images = self._image_source or ImageFetcher(settings.fetch, observer=self)
-        await images.start()
-        chain.push_async_callback(images.close)
-        decode_pool = ThreadPoolExecutor(settings.worker.preprocess_threads, thread_name_prefix="swatch-decode")
-        chain.callback(decode_pool.shutdown, wait=False, cancel_futures=True)
-        registry_pool = ThreadPoolExecutor(1, thread_name_prefix="swatch-registry")
-        chain.callback(registry_pool.shutdown, wait=False, cancel_futures=True)
-        if not await self._prepare_schemas(registry_pool):
-            return None
-
-        gate = VersionGate(store, self.metrics)
-        chain.push_async_callback(gate.close)
-        clients = KafkaClients(
-            settings, self.bootstrap, consumer_factory=self._factories[0], producer_factory=self._factories[1]
-        )
-        tracker = OffsetTracker()
-        letters = DeadLetters(settings.topics.dlq, self.worker_id, max_message_bytes(settings.kafka))
-        tagger = ImageTagger(
-            images,
-            store,
-            batcher,
-            preprocess=self.predictor.preprocess,
-            decode_pool=decode_pool,
-            metrics=self.metrics,
-            max_images=settings.worker.max_images,
-            max_images_in_flight=settings.worker.max_images_in_flight,
-        )
-        pipeline = Pipeline(
-            codec=self.codec,
-            topics=settings.topics,
-            model_id=self.model_id,
-            taxonomy=self.taxonomy,
-            thresholds=self.thresholds,
-            tagger=tagger,
-            gate=gate,
-            letters=letters,
-            metrics=self.metrics,
-            registry_pool=registry_pool,
-        )
-        holder: list[ConsumerLoop] = []
-        delivery: Delivery
-        if clients.transactional:
-            delivery = Transactional(clients, tracker, self.metrics, self.health, lambda: self._rewind(holder[0]))
-        else:
-            delivery = AtLeastOnce(clients, tracker, self.metrics, self.health)
-        budget = ErrorBudget(settings.worker.max_internal_errors, settings.worker.internal_error_window_s)
-        runner = JobRunner(
-            pipeline,
-            delivery,
-            tracker,
-            self.metrics,
-            self.health,
-            fail=self.fail,
-            budget=budget,
-            listing_retries=settings.worker.listing_retries,
-        )
-        consumer_loop = ConsumerLoop(
-            settings,
-            clients,
-            runner=runner,
-            tracker=tracker,
-            delivery=delivery,
-            metrics=self.metrics,
-            health=self.health,
-        )
-        holder.append(consumer_loop)
-        chain.push_async_callback(clients.stop)
-        await clients.start(consumer_loop.on_assign, consumer_loop.on_revoke, consumer_loop.on_lost)
-        poller = asyncio.get_running_loop().create_task(self._serve_producer(clients), name="producer-poll")
-        chain.push_async_callback(_cancel, poller)
-        self.health.ready = True
-        self.health.detail = f"model {self.model_id}"
-        logger.info(
-            "worker %s consuming %s with model %s (metrics on port %s)",
-            self.worker_id,
-            settings.topics.listings,
-            self.model_id,
-            self.metrics_port,
-        )
-        return consumer_loop
 
     async def _consume(self, consumer_loop: ConsumerLoop) -> None:
         try:
@@ -281,50 +152,6 @@ class Worker:
         await runner.drop(runner.partitions())
         await clients.flush(max(1.0, deadline - time.monotonic()))
 
-    async def _prepare_schemas(self, pool: ThreadPoolExecutor) -> bool:
-        """Register every output subject before consuming; wait for an unreachable registry."""
-        if self.codec.registry is None:
-            return True
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        topics = self.settings.topics
-        for name, kind in OUTPUT_SCHEMAS:
-            while not self._stop.is_set():
-                try:
-                    await loop.run_in_executor(pool, self.codec.prepare, name, getattr(topics, kind))
-                    break
-                except RegistryUnavailableError as exc:
-                    self.health.detail = "waiting for the schema registry"
-                    self.health.failing("registry", str(exc))
-                    self.metrics.degraded.labels("registry").set(1)
-                    delay = backoff(attempt)
-                    attempt += 1
-                    logger.warning("%s; retry %d in %.2fs", exc, attempt, delay)
-                    await asyncio.sleep(delay)
-        self.health.recovered("registry")
-        self.metrics.degraded.labels("registry").set(0)
-        return not self._stop.is_set()
-
-    async def _rewind(self, consumer_loop: ConsumerLoop) -> None:
-        """Transactional mode after an abort: drop all work and seek back to the committed offsets."""
-        await consumer_loop.runner.drop(set(consumer_loop.assigned))
-        delivery = consumer_loop.delivery
-        if isinstance(delivery, Transactional):
-            await consumer_loop.clients.call(delivery.rewind_consumer)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            self.health.tick()
-            await asyncio.sleep(0.25)
-
-    @staticmethod
-    async def _serve_producer(clients: KafkaClients) -> None:
-        while True:
-            producer = clients.producer_or_none
-            if producer is not None:
-                producer.poll(0)
-            await asyncio.sleep(0.005)
-
     def _signalled(self, sig: signal.Signals) -> None:
         logger.info("%s received: draining for up to %.0fs", sig.name, self.settings.worker.drain_timeout_s)
         self.stop()
@@ -336,7 +163,7 @@ class Worker:
         self.metrics.fetches.labels(result.outcome.value).inc()
         self.metrics.fetch_seconds.observe(result.seconds)
 
-    def _redis_state(self, problem: str | None) -> None:
+    def redis_state(self, problem: str | None) -> None:
         """Redis started failing (``problem``) or works again (None): shown in health and metrics."""
         if problem is None:
             self.health.recovered("redis")
@@ -344,14 +171,9 @@ class Worker:
             self.health.failing("redis", problem)
         self.metrics.degraded.labels("redis").set(0 if problem is None else 1)
 
-    def _batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, seconds: float) -> None:
+        """Model batch observer: images inferred, batch sizes and model time."""
         self.metrics.inferred.inc(size)
         self.metrics.batch_size.observe(size)
         self.metrics.inference_seconds.observe(seconds)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
