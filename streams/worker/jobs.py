@@ -157,6 +157,9 @@ class JobRunner:
                         state.outcome = await self.pipeline.process(record, tickets)
                     await self.delivery.deliver(record, state.outcome.outputs)
                     self._finish(job, state.outcome)
+                    if state.transient:  # the registry answered again
+                        self.health.recovered("registry")
+                        self.metrics.degraded.labels("registry").set(0)
                     return
                 except asyncio.CancelledError:
                     raise

@@ -119,6 +119,7 @@ def test_an_unreachable_registry_is_retried_never_dead_lettered() -> None:
     h.run(consumed(_value(h.parts)))
     assert not h.letters() and len(h.delivery.delivered) == 1
     assert h.parts.metrics.value("swatch_listing_retries_total", {"cause": "registry"}) == 3
+    assert h.health.degraded == {} and h.parts.metrics.value("swatch_degraded", {"component": "registry"}) == 0
 
 
 def test_a_fatal_error_stops_the_worker_without_finishing_the_record() -> None:
