@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -323,7 +323,7 @@ class RedisStore:
 
 
 def _encode(cached: Cached) -> str:
-    return json.dumps({"p": rounded(cached.probabilities), "by": cached.by}, separators=(",", ":"))
+    return json.dumps({"p": cached.probabilities, "by": cached.by}, separators=(",", ":"))  # rounded already
 
 
 def _decode(raw: bytes | str) -> Cached:
@@ -335,7 +335,3 @@ def _decode(raw: bytes | str) -> Cached:
         return Cached(rounded(data["p"]), str(by) if by is not None else None)
     return Cached(rounded(data))  # written before entries said who computed them
 
-
-def unique(items: Iterable[str]) -> list[str]:
-    """Items in first-seen order without repeats."""
-    return list(dict.fromkeys(items))

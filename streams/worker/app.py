@@ -72,7 +72,9 @@ class Worker:
         )
         self.codec = Codec.from_settings(settings.registry, registry_factory)
         self.health = HealthState(
-            loop_stall_s=settings.worker.loop_stall_s, stuck_after_s=settings.worker.stuck_after_s
+            loop_stall_s=settings.worker.loop_stall_s,
+            stuck_after_s=settings.worker.stuck_after_s,
+            gauge=self.metrics.degraded,
         )
         self.metrics_port: int | None = None
         self.factories = (consumer_factory, producer_factory)
@@ -169,7 +171,6 @@ class Worker:
             self.health.recovered("redis")
         else:
             self.health.failing("redis", problem)
-        self.metrics.degraded.labels("redis").set(0 if problem is None else 1)
 
     def batch_done(self, size: int, seconds: float) -> None:
         """Model batch observer: images inferred, batch sizes and model time."""

@@ -215,14 +215,13 @@ async def _prepare_schemas(w: WorkerParts, pool: ThreadPoolExecutor) -> bool:
             except RegistryUnavailableError as exc:
                 w.health.detail = "waiting for the schema registry"
                 w.health.failing("registry", str(exc))
-                w.metrics.degraded.labels("registry").set(1)
                 delay = backoff(attempt)
                 attempt += 1
                 logger.warning("%s; retry %d in %.2fs", exc, attempt, delay)
                 await asyncio.sleep(delay)
     w.health.recovered("registry")
-    w.metrics.degraded.labels("registry").set(0)
     return not w.stop_requested()
+
 
 async def _rewind(consumer_loop: ConsumerLoop) -> None:
     """Transactional mode after an abort: drop all work and seek back to the committed offsets."""
@@ -231,10 +230,12 @@ async def _rewind(consumer_loop: ConsumerLoop) -> None:
     if isinstance(delivery, Transactional):
         await consumer_loop.clients.call(delivery.rewind_consumer)
 
+
 async def _heartbeat(w: WorkerParts) -> None:
     while True:
         w.health.tick()
         await asyncio.sleep(0.25)
+
 
 async def _serve_producer(clients: KafkaClients) -> None:
     while True:

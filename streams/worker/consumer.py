@@ -30,6 +30,7 @@ from streams.worker.records import Consumed
 logger = logging.getLogger(__name__)
 
 MAX_POLL_BATCH = 500
+OBSERVE_EVERY_S = 1.0  # health facts are bounds of minutes: no need to gather them on every poll
 
 
 class ConsumerLoop:
@@ -55,7 +56,7 @@ class ConsumerLoop:
         self.health = health
         self.assigned: set[TopicPartitionKey] = set()
         self.backpressure = Backpressure(settings.batch.max_in_flight)
-        self.last_poll = time.monotonic()
+        self._observed = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._moved: dict[TopicPartitionKey, tuple[int | None, float]] = {}
 
@@ -70,7 +71,6 @@ class ConsumerLoop:
             await self._apply_backpressure()
             room = self.backpressure.room(self.tracker.in_flight())
             messages = await self.clients.call(consumer.consume, min(MAX_POLL_BATCH, room), 0.1)
-            self.last_poll = time.monotonic()
             received = now_millis()
             for message in messages:
                 self._dispatch(message, received)
@@ -122,8 +122,11 @@ class ConsumerLoop:
             consumer.resume(partitions)
 
     def _observe(self) -> None:
-        """Facts for /healthz: the oldest listing in flight, partitions whose commit position is stuck."""
+        """Facts for /healthz, once a second: the oldest listing in flight, partitions whose commit is stuck."""
         now = time.monotonic()
+        if now - self._observed < OBSERVE_EVERY_S:
+            return
+        self._observed = now
         bound = self.health.stuck_after_s
         stuck = []
         for tp in sorted(self.assigned):

@@ -136,7 +136,6 @@ class AtLeastOnce:
             if error is None:
                 self.metrics.produced.labels(output.topic).inc()
                 self.health.recovered("broker")
-                self.metrics.degraded.labels("broker").set(0)
                 if output.on_ack is not None:
                     output.on_ack()
                 return
@@ -176,7 +175,6 @@ class AtLeastOnce:
             raise OutputRefusedError(output, error)
         if error.code() in TRANSIENT or error.retriable():
             self.health.failing("broker", f"{output.topic}: {error.str()}")
-            self.metrics.degraded.labels("broker").set(1)
             return
         raise FatalError(f"output to {output.topic} not acknowledged: {error.str()}")
 

@@ -49,9 +49,26 @@ class VersionGate:
         known = [v for v in (self._claimed.get(listing_id), remote) if v is not None]
         stale = bool(known) and version < max(known)
         self._metrics.version_gate.labels("stale" if stale else "pass").inc()
+        self._log(listing_id, version, stale, known)
+        return stale
+
+    def claimed_newer(self, listing_id: str, version: int) -> bool:
+        """Whether this process already claimed a higher version (no Redis call).
+
+        After :meth:`is_stale` passed, only an earlier record of the same listing in this process can
+        have moved the version on meanwhile (other workers own other partitions, hence other listings).
+        """
+        claimed = self._claimed.get(listing_id)
+        stale = claimed is not None and version < claimed
+        if stale:
+            self._metrics.version_gate.labels("stale").inc()
+        self._log(listing_id, version, stale, [claimed] if claimed is not None else [])
+        return stale
+
+    @staticmethod
+    def _log(listing_id: str, version: int, stale: bool, known: list[int]) -> None:
         if stale:
             logger.info("skipping version %d of %s: version %d is newer", version, listing_id, max(known))
-        return stale
 
     def claim(self, listing_id: str, version: int) -> None:
         """This process is about to publish ``version``: later records of the listing compare with it."""

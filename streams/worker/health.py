@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streams.metrics import WorkerMetrics
@@ -47,6 +48,7 @@ class HealthState:
     oldest_in_flight_s: float = 0.0
     stuck_partitions: tuple[str, ...] = ()
     degraded: dict[str, str] = field(default_factory=dict)
+    gauge: Gauge | None = field(default=None, repr=False)  # swatch_degraded, kept in step with ``degraded``
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def tick(self) -> None:
@@ -54,14 +56,20 @@ class HealthState:
         self.beat = time.monotonic()
 
     def failing(self, component: str, message: str) -> None:
-        """A component (redis, broker, registry) is failing; shown in the probe bodies."""
+        """A component (redis, broker, registry) is failing; shown in the probe bodies and ``swatch_degraded``."""
         with self._lock:
             self.degraded[component] = message
+        if self.gauge is not None:
+            self.gauge.labels(component).set(1)
 
     def recovered(self, component: str) -> None:
-        """The component works again."""
+        """The component works again (cheap when it was not failing: called on every acknowledgement)."""
+        if component not in self.degraded:
+            return
         with self._lock:
             self.degraded.pop(component, None)
+        if self.gauge is not None:
+            self.gauge.labels(component).set(0)
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """``(alive, body)`` by the module's rules."""

@@ -128,9 +128,12 @@ class JobRunner:
         return job
 
     def oldest_age(self) -> float:
-        """Seconds the longest-running unfinished job has been in flight."""
+        """Seconds the longest-running unfinished job has been in flight.
+
+        Each partition's jobs are kept in the order they started, so its first job is its oldest.
+        """
         now = time.monotonic()
-        return max((now - job.started for jobs in self._jobs.values() for job in jobs.values()), default=0.0)
+        return max((now - next(iter(jobs.values())).started for jobs in self._jobs.values() if jobs), default=0.0)
 
     def _reap(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -159,7 +162,6 @@ class JobRunner:
                     self._finish(job, state.outcome)
                     if state.transient:  # the registry answered again
                         self.health.recovered("registry")
-                        self.metrics.degraded.labels("registry").set(0)
                     return
                 except asyncio.CancelledError:
                     raise
@@ -177,7 +179,6 @@ class JobRunner:
         elif isinstance(exc, TransientError):
             self.metrics.retries.labels("registry").inc()
             self.health.failing("registry", str(exc))
-            self.metrics.degraded.labels("registry").set(1)
             delay = backoff(state.transient)
             state.transient += 1
             logger.warning("%s; retry %d in %.2fs", exc, state.transient, delay, extra=record.context)

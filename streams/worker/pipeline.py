@@ -111,7 +111,7 @@ class Pipeline:
         self, record: Consumed, listing: dict[str, Any], images: list[ImageOutcome], fresh: bool
     ) -> Outcome:
         listing_id, version = listing["listing_id"], int(listing["listing_version"])
-        if await self.gate.is_stale(listing_id, version):
+        if self.gate.claimed_newer(listing_id, version):  # an earlier record of it moved on meanwhile
             return Outcome("stale", [], listing_id)
         key = listing_id.encode()
         gate = self.gate

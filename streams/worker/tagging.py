@@ -29,7 +29,6 @@ from streams.combine import ImageOutcome
 from streams.errors import SwatchError
 from streams.images import FetchOutcome, FetchResult
 from streams.metrics import WorkerMetrics
-from streams.text import MAX_REASON_CHARS, clip
 from tagger.preprocess import ImageError
 
 logger = logging.getLogger(__name__)
@@ -156,8 +155,7 @@ class ImageTagger:
         fresh = False
         for result in fetched:
             if not result.ok or result.content_hash is None:
-                reason = clip(result.reason, MAX_REASON_CHARS) if result.reason else None
-                outcomes.append(ImageOutcome(result.url, result.outcome.value, None, reason))
+                outcomes.append(ImageOutcome(result.url, result.outcome.value, None, result.reason))
                 continue
             c = computed[result.content_hash]
             outcome, mine = c.seen_by(owner)
@@ -209,7 +207,7 @@ class ImageTagger:
         try:
             tensor = await loop.run_in_executor(self._decode_pool, self._preprocess, data)
         except ImageError as exc:
-            return Computed(None, "DECODE_FAILED", clip(str(exc), MAX_REASON_CHARS))
+            return Computed(None, "DECODE_FAILED", str(exc))  # clipped with every echoed text in streams.events
         try:
             probs = await self._batcher.submit(tensor)
         except asyncio.CancelledError:

@@ -88,3 +88,38 @@ def test_probes_listen_on_loopback_outside_kubernetes(monkeypatch: Any) -> None:
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     assert metrics_host(None) == "0.0.0.0"  # noqa: S104
     assert metrics_host("10.1.2.3") == "10.1.2.3"
+
+
+def test_the_consumer_loop_reports_a_partition_whose_commit_is_stuck(monkeypatch: Any) -> None:
+    from streams.config import Settings
+    from streams.tracker import OffsetTracker
+    from streams.worker import consumer as consumer_module
+    from streams.worker.consumer import ConsumerLoop
+
+    class Runner:
+        def oldest_age(self) -> float:
+            return 0.0
+
+    monkeypatch.setattr(consumer_module, "OBSERVE_EVERY_S", 0.0)
+    state = HealthState(stuck_after_s=0.05)
+    tracker = OffsetTracker()
+    loop = ConsumerLoop(
+        Settings(kafka={"bootstrap": "127.0.0.1:9"}),
+        None,  # type: ignore[arg-type]  # _observe needs no client
+        runner=Runner(),  # type: ignore[arg-type]
+        tracker=tracker,
+        delivery=None,  # type: ignore[arg-type]
+        metrics=WorkerMetrics(),
+        health=state,
+    )
+    loop.assigned = {("listings", 0), ("listings", 1)}
+    tracker.start(("listings", 0), 5)  # waits, and its position never moves
+    loop._observe()
+    time.sleep(0.1)
+    loop._observe()
+    assert state.stuck_partitions == ("listings[0]",), "an idle partition with nothing waiting is not stuck"
+    assert not state.liveness()[0]
+    tracker.finish(("listings", 0), 5)
+    tracker.mark_committed({("listings", 0): 6})
+    loop._observe()
+    assert state.stuck_partitions == () and state.liveness()[0]

@@ -33,7 +33,7 @@ class Harness:
         self.delivery = FakeDelivery()
         self.tracker = OffsetTracker()
         self.failures: list[BaseException] = []
-        self.health = HealthState()
+        self.health = HealthState(gauge=self.parts.metrics.degraded)
         self.runner = JobRunner(
             self.parts.pipeline,
             self.delivery,
