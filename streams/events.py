@@ -172,8 +172,18 @@ def review_decision(
     *,
     decided_at: int | None = None,
     comment: str | None = None,
+    undoes: str | None = None,
+    applied_from: str | None = None,
 ) -> Record:
-    """A reviewer's decision on one review request (``decisions``: name, values, action per attribute)."""
+    """A reviewer's decision on one review request.
+
+    ``review`` is the decoded review request; ``decisions`` hold name, values and action per
+    attribute, and may carry ``previous_values`` / ``previous_confidence`` (what the model said).
+    The listing's category and images are copied from the request, so a decision is training data
+    on its own. ``undoes`` names an earlier decision this one withdraws (and then ``decisions`` is
+    empty); ``applied_from`` names the listing actually reviewed when the decision is applied to a
+    listing that shares its image.
+    """
     decided_at = now_millis() if decided_at is None else decided_at
     return {
         "schema_version": schema_version("review_decision"),
@@ -182,10 +192,24 @@ def review_decision(
         "listing_id": review["listing_id"],
         "listing_version": int(review["listing_version"]),
         "model_id": review["model_id"],
-        "reviewer": reviewer,
+        "reviewer": clip(reviewer, MAX_REASON_CHARS),
         "decided_at": decided_at,
-        "decisions": [dict(d) for d in decisions],
+        "decisions": [
+            {
+                "name": d["name"],
+                "values": list(d["values"]),
+                "action": d["action"],
+                "previous_values": list(d.get("previous_values", ())),
+                "previous_confidence": d.get("previous_confidence"),
+            }
+            for d in decisions
+        ],
         "comment": clip_optional(comment, MAX_ERROR_MESSAGE_CHARS),
+        "category_path": list(review.get("category_path", ())),
+        "category_group": review.get("category_group"),
+        "images": [dict(image) for image in review.get("images", ())],
+        "undoes": undoes,
+        "applied_from": applied_from,
     }
 
 

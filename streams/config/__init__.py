@@ -20,6 +20,7 @@ from streams.config.sections import (
     ModelSettings,
     RedisSettings,
     RegistrySettings,
+    ReviewSettings,
     TopicSettings,
     WorkerSettings,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ModelSettings",
     "RedisSettings",
     "RegistrySettings",
+    "ReviewSettings",
     "Settings",
     "TopicSettings",
     "WorkerSettings",

@@ -278,6 +278,49 @@ class WorkerSettings(_Section):
     )
 
 
+class ReviewSettings(_Section):
+    """The review service (`swatch review`): where it listens, whom it trusts, how long leases last."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the review UI and API listen on. Anything but loopback needs "
+        "SWATCH_REVIEW_BEHIND_PROXY=true: the service authenticates no one itself.",
+    )
+    port: int = Field(8070, ge=0, le=65535, description="Port of the review UI and API (0: any free port).")
+    behind_proxy: bool = Field(
+        False,
+        description="Say that an authenticating proxy is in front and sets the reviewer header; required to listen "
+        "on a non-loopback address. With it, requests without the header are refused.",
+    )
+    reviewer_header: str = Field(
+        "X-Forwarded-User",
+        min_length=1,
+        description="Header the auth proxy sets to the reviewer's identity. Without a proxy, the login field's "
+        "cookie names the reviewer.",
+    )
+    group_id: str = Field(
+        "swatch-review", min_length=1, description="Consumer group of the review service (reads the review topic)."
+    )
+    lease_ttl_s: float = Field(
+        120.0,
+        ge=1,
+        le=86_400,
+        description="How long a reviewer holds an item without a heartbeat; the open item page renews it.",
+    )
+    key_prefix: str = Field("swatch:review:", min_length=1, description="Prefix of the review service's Redis keys.")
+    decision_memory_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long a decision id is remembered, so a repeated submission is answered, not applied twice.",
+    )
+    bulk_min_confidence: float = Field(
+        0.8, ge=0, le=1, description="The bulk grid offers items whose every uncertain top candidate is at least this."
+    )
+    explain: bool = Field(
+        True, description="Compute Grad-CAM overlays on the item page (needs the reviewed model on this host)."
+    )
+
+
 class LogSettings(_Section):
     """Logging of the long-running commands."""
 

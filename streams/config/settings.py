@@ -25,6 +25,7 @@ from streams.config.sections import (
     ModelSettings,
     RedisSettings,
     RegistrySettings,
+    ReviewSettings,
     TopicSettings,
     WorkerSettings,
 )
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     fetch: FetchSettings = FetchSettings()
     worker: WorkerSettings = WorkerSettings()
+    review: ReviewSettings = ReviewSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

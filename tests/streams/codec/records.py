@@ -105,7 +105,7 @@ REALISTIC: dict[str, dict[str, Any]] = {
         "event_time": T0 + 250,
     },
     "review_decision": {
-        "schema_version": 1,
+        "schema_version": 2,
         "event_id": review_decision_id(review_request_id("L-1", 7, MODEL), "rev-9", T0 + 60_000),
         "review_event_id": review_request_id("L-1", 7, MODEL),
         "listing_id": "L-1",
@@ -114,10 +114,23 @@ REALISTIC: dict[str, dict[str, Any]] = {
         "reviewer": "rev-9",
         "decided_at": T0 + 60_000,
         "decisions": [
-            {"name": "sleeve_type", "values": ["cap"], "action": "CORRECTED"},
-            {"name": "neck_type", "values": [], "action": "NOT_VISIBLE"},
+            {
+                "name": "sleeve_type",
+                "values": ["cap"],
+                "action": "CORRECTED",
+                "previous_values": ["short"],
+                "previous_confidence": 0.61,
+            },
+            {"name": "neck_type", "values": [], "action": "NOT_VISIBLE", "previous_values": [], "previous_confidence": None},
         ],
         "comment": "model confused cap and short sleeves",
+        "category_path": ["women", "clothing", "tops"],
+        "category_group": "apparel",
+        "images": [
+            {"url": "https://img.example.com/L-1/0.jpg", "content_hash": "ab" * 32, "outcome": "TAGGED", "reason": None}
+        ],
+        "undoes": None,
+        "applied_from": None,
     },
     "dead_letter": {
         "schema_version": 2,
