@@ -165,6 +165,42 @@ def review_request(
     }
 
 
+def human_attribute_event(
+    review: Mapping[str, Any],
+    decision: Mapping[str, Any] | None,
+    attributes: Sequence[Mapping[str, Any]],
+    *,
+    event_id_from: str,
+    review_pending: bool = False,
+    now: int | None = None,
+) -> Record:
+    """The attribute event a reviewer's decision (or its undo, ``decision`` None) publishes.
+
+    ``review`` is the decoded review request; ``attributes`` the listing's whole attribute set after
+    the decision (kept model values and the decided ones, ``source=HUMAN``), since the topic is
+    compacted and its latest event per listing is what search reads. The id hashes the listing
+    version, the model and ``event_id_from`` (the decision's or the undo's event id).
+    """
+    now = now_millis() if now is None else now
+    source_time = _millis(review.get("source_event_time") or now)
+    return {
+        "schema_version": schema_version("attribute_event"),
+        "event_id": attribute_event_id(
+            review["listing_id"], int(review["listing_version"]), review["model_id"], event_id_from
+        ),
+        "listing_id": review["listing_id"],
+        "listing_version": int(review["listing_version"]),
+        "model_id": review["model_id"],
+        "category_group": review.get("category_group"),
+        "attributes": [dict(a) for a in attributes],
+        "images": [dict(image) for image in review.get("images", ())],
+        "review_pending": review_pending,
+        "processing_latency_ms": max(0, now - _millis(decision["decided_at"]) if decision else 0),
+        "source_event_time": source_time,
+        "event_time": now,
+    }
+
+
 def review_decision(
     review: Mapping[str, Any],
     reviewer: str,

@@ -1,4 +1,4 @@
-"""Streaming commands: the worker, the demo, its benchmark, producing listings and tailing topics."""
+"""Streaming commands: the worker, the review service, the demo, its benchmark, producing listings and tailing topics."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ def worker(
         return Worker(settings).run()
 
     code = _guarded(body)
+    raise typer.Exit(code)
+
+
+@app.command()
+def review() -> None:
+    """Serve the review queue, its web UI and JSON API (until SIGTERM); see the README's reviewer section."""
+    from streams.logs import configure_logging
+    from streams.review.app import run
+
+    settings = _settings()
+    configure_logging(settings.log.level, settings.log.format)
+    code = _guarded(lambda: run(settings))
     raise typer.Exit(code)
 
 

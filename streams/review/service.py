@@ -1,0 +1,559 @@
+"""What reviewers can do, independent of how they ask (the HTML pages and the JSON API both call this).
+
+A decision is checked (the reviewer holds or can take the lease, the version is the pending one,
+every uncertain attribute is answered with values from the taxonomy), then published: a
+``review_decision`` event (the audit trail and training data) and, unless a newer version of the
+listing has been published meanwhile, an ``attribute_event`` with ``source=HUMAN`` for search.
+Only after the broker acknowledged both is the item removed and the decision id's answer stored;
+a repeated submission with the same decision id gets that answer and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.codec import now_millis
+from streams.config import Settings
+from streams.errors import SwatchError
+from streams.events import human_attribute_event, review_decision
+from streams.review.items import ReviewItem, top_confidence
+from streams.review.metrics import ReviewMetrics
+from streams.review.publish import Publisher, PublishError
+from streams.review.store import QueueFilter, ReviewStore
+from tagger.taxonomy import Attribute, Taxonomy, UnknownValueError
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("CONFIRMED", "CORRECTED", "NOT_VISIBLE", "NOT_APPLICABLE")
+DECISION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REVIEWER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+MAX_COMMENT = 2000
+PAGE_LIMIT = 200
+
+
+class ReviewError(SwatchError):
+    """A request the service refuses, with the HTTP status and a code the API returns."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class VersionLookup:
+    """The worker's record of each listing's last published version (``swatch:ver:...`` in Redis)."""
+
+    def __init__(self, store: ReviewStore, prefix: str, namespace: str) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._namespace = namespace
+
+    def key(self, listing_id: str) -> str:
+        """The same key the worker's cache writes (see :meth:`streams.cache.RedisStore.version_key`)."""
+        return f"{self._prefix}{self._namespace}:{listing_id}"
+
+    async def last(self, listing_id: str) -> int | None:
+        """The highest version any worker or reviewer published."""
+        raw = await self._store.client.get(self.key(listing_id))
+        return None if raw is None else int(raw)
+
+    async def record(self, listing_id: str, version: int, ttl_s: int) -> None:
+        """Keep the maximum, as the worker does."""
+        script = "local c = tonumber(redis.call('GET', KEYS[1]) or '-1') if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end"
+        await self._store.client.eval(script, 1, self.key(listing_id), version, ttl_s)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One attribute's answer in a decision."""
+
+    name: str
+    action: str
+    values: tuple[str, ...]
+
+
+class ReviewService:
+    """The reviewer's operations over the store, the publisher and the taxonomy."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ReviewStore,
+        publisher: Publisher,
+        taxonomy: Taxonomy,
+        metrics: ReviewMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.taxonomy = taxonomy
+        self.metrics = metrics
+        self.versions = VersionLookup(store, settings.redis.version_prefix, settings.topics.attributes)
+        self._lease_ttl = settings.review.lease_ttl_s
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def queue(
+        self, flt: QueueFilter, reviewer: str | None = None, *, offset: int = 0, limit: int = 50
+    ) -> dict[str, Any]:
+        """A page of the queue in review order, with counts for the filters and who holds each item."""
+        limit = max(1, min(limit, PAGE_LIMIT))
+        ids = await self.store.ordered(flt)
+        if flt.min_confidence is not None or flt.max_confidence is not None:
+            items = [i for i in await self.store.get_many(ids) if flt.admits(i)]
+        else:
+            items = await self.store.get_many(ids[offset : offset + limit])
+            total = len(ids)
+        if flt.min_confidence is not None or flt.max_confidence is not None:
+            total = len(items)
+            items = items[offset : offset + limit]
+        holders = await self.store.holders([i.listing_id for i in items])
+        rows = [{**i.summary(), "leased_by": holders.get(i.listing_id)} for i in items]
+        return {
+            "total": total,
+            "depth": await self.store.depth(),
+            "offset": offset,
+            "limit": limit,
+            "items": rows,
+            "counts": await self.store.counts(),
+            "reviewer": reviewer,
+        }
+
+    async def item(self, listing_id: str) -> dict[str, Any]:
+        """Everything the item page shows: the request, taxonomy values per attribute, lease, history."""
+        item = await self._pending(listing_id)
+        group = self.taxonomy.groups.get(item.group or "")
+        attributes = []
+        for u in item.uncertain:
+            attribute = group.attributes.get(u["name"]) if group else None
+            previous, confidence = item.previous(u["name"])
+            attributes.append(
+                {
+                    **u,
+                    "top": previous[0] if previous else None,
+                    "top_confidence": confidence,
+                    "values": list(attribute.values) if attribute else [c["value"] for c in u.get("candidates", [])],
+                    "multi_label": bool(attribute and attribute.multi_label),
+                    "conflict": u.get("reason") == "DECLARED_CONFLICT",
+                }
+            )
+        same = []
+        for content_hash in item.usable_hashes[:1]:
+            same = [i for i in await self.store.sharing_image(content_hash) if i != listing_id]
+        return {
+            "item": item.summary(),
+            "request": item.request,
+            "attributes": attributes,
+            "accepted": item.accepted,
+            "images": item.images,
+            "leased_by": await self.store.holder(listing_id),
+            "history": await self.store.history(listing_id),
+            "same_image": same,
+        }
+
+    async def history(self, listing_id: str) -> list[dict[str, Any]]:
+        """The listing's decisions, newest first (kept after the item left the queue)."""
+        return await self.store.history(listing_id)
+
+    async def bulk_candidates(self, flt: QueueFilter, limit: int = 100) -> list[dict[str, Any]]:
+        """Items that only need a confirmation: low-confidence only, every top candidate at least the bulk bar."""
+        bar = self.settings.review.bulk_min_confidence
+        flt = QueueFilter(reason="LOW_CONFIDENCE", attribute=flt.attribute, group=flt.group, min_confidence=bar)
+        ids = await self.store.ordered(flt)
+        out = []
+        holders = await self.store.holders(ids[: limit * 4])
+        for item in await self.store.get_many(ids[: limit * 4]):
+            if item.reasons == ["LOW_CONFIDENCE"] and flt.admits(item):
+                out.append({**item.summary(), "leased_by": holders.get(item.listing_id), "proposal": self._tops(item)})
+            if len(out) >= limit:
+                break
+        return out
+
+    @staticmethod
+    def _tops(item: ReviewItem) -> dict[str, str | None]:
+        return {u["name"]: (u["candidates"][0]["value"] if u.get("candidates") else None) for u in item.uncertain}
+
+    async def _pending(self, listing_id: str) -> ReviewItem:
+        item = await self.store.get(listing_id)
+        if item is None:
+            raise ReviewError(404, "not_pending", f"listing {listing_id!r} has no pending review")
+        return item
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    async def claim(self, listing_id: str, reviewer: str) -> dict[str, Any]:
+        """Take (or renew: the item page's heartbeat) the lease on an item; 409 when another reviewer holds it."""
+        reviewer = check_reviewer(reviewer)
+        item = await self._pending(listing_id)
+        holder = await self.store.lease(listing_id, reviewer, self._lease_ttl, now_millis())
+        if holder != reviewer:
+            raise ReviewError(409, "leased", f"{listing_id} is being reviewed by {holder}")
+        return {"listing_id": listing_id, "version": item.version, "reviewer": reviewer, "ttl_s": self._lease_ttl}
+
+    async def next(self, reviewer: str, flt: QueueFilter) -> dict[str, Any] | None:
+        """Claim the first item in review order that nobody holds and the reviewer has not skipped."""
+        reviewer = check_reviewer(reviewer)
+        skipped = await self.store.skipped(reviewer)
+        ids = await self.store.ordered(flt)
+        for chunk_start in range(0, len(ids), 100):
+            chunk = [i for i in ids[chunk_start : chunk_start + 100] if i not in skipped]
+            holders = await self.store.holders(chunk)
+            for item in await self.store.get_many(chunk):
+                if holders.get(item.listing_id) not in (None, reviewer) or not flt.admits(item):
+                    continue
+                if await self.store.lease(item.listing_id, reviewer, self._lease_ttl, now_millis()) == reviewer:
+                    return {"listing_id": item.listing_id, "version": item.version, "reviewer": reviewer}
+        return None
+
+    async def skip(self, listing_id: str, reviewer: str) -> dict[str, Any]:
+        """Give the item back for someone else and remember not to offer it to this reviewer for an hour."""
+        reviewer = check_reviewer(reviewer)
+        await self.store.release(listing_id, reviewer)
+        await self.store.skip(listing_id, reviewer)
+        self.metrics.skips.inc()
+        return {"listing_id": listing_id, "skipped": True}
+
+    async def release(self, listing_id: str, reviewer: str) -> dict[str, Any]:
+        """Give the lease back without skipping (the reviewer closed the page)."""
+        return {"listing_id": listing_id, "released": await self.store.release(listing_id, check_reviewer(reviewer))}
+
+    async def sweep(self) -> int:
+        """Count leases that expired (abandoned items); they are free for the next reviewer already."""
+        expired = await self.store.sweep_expired(now_millis())
+        if expired:
+            self.metrics.lease_expiries.inc(expired)
+        return expired
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    async def accept(self, listing_id: str, reviewer: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Confirm the model's top candidate for every uncertain attribute."""
+        item = await self._pending(listing_id)
+        choices = []
+        for u in item.uncertain:
+            if not u.get("candidates"):
+                raise ReviewError(422, "no_candidate", f"{u['name']} has no candidate to accept: correct it instead")
+            choices.append({"name": u["name"], "action": "CONFIRMED", "values": [u["candidates"][0]["value"]]})
+        return await self.decide(listing_id, reviewer, {**body, "attributes": choices})
+
+    async def bulk_accept(self, reviewer: str, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Accept many items at once (each entry: listing_id, version, decision_id); one answer per entry."""
+        results = []
+        for entry in entries[:PAGE_LIMIT]:
+            listing_id = str(entry.get("listing_id", ""))
+            try:
+                results.append(await self.accept(listing_id, reviewer, entry))
+            except ReviewError as exc:
+                results.append({"listing_id": listing_id, "status": "refused", "code": exc.code, "error": str(exc)})
+        return results
+
+    async def decide(self, listing_id: str, reviewer: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a decision (see the module docstring); ``body["apply_to"]`` lists listings sharing the image."""
+        reviewer = check_reviewer(reviewer)
+        decision_id = _decision_id(body)
+        known = await self.store.claim_token(decision_id, self.settings.review.decision_memory_s)
+        if known is not None:
+            if known.get("status") == "in_progress":
+                raise ReviewError(409, "in_progress", f"decision {decision_id} is being applied; retry shortly")
+            return {**known, "repeated": True}
+        try:
+            result = await self._decide(listing_id, reviewer, body, decision_id, applied_from=None)
+        except BaseException:
+            await self.store.drop_token(decision_id)
+            raise
+        await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
+        also = []
+        for other in _listing_ids(body.get("apply_to")):
+            if other == listing_id:
+                continue
+            also.append(await self._apply_to(other, reviewer, body, decision_id, listing_id))
+        if also:
+            result = {**result, "applied_to": also}
+            await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
+        return result
+
+    async def _apply_to(
+        self, other: str, reviewer: str, body: Mapping[str, Any], decision_id: str, reviewed: str
+    ) -> dict[str, Any]:
+        """The same answers for another pending listing with the same image (its own decision and events)."""
+        token = f"{decision_id}:{other}"[:128]
+        known = await self.store.claim_token(token, self.settings.review.decision_memory_s)
+        if known is not None:
+            return {**known, "repeated": True}
+        try:
+            item = await self._pending(other)
+            result = await self._decide(other, reviewer, {**body, "version": item.version}, token, applied_from=reviewed)
+        except ReviewError as exc:
+            await self.store.drop_token(token)
+            return {"listing_id": other, "status": "refused", "code": exc.code, "error": str(exc)}
+        except BaseException:
+            await self.store.drop_token(token)
+            raise
+        await self.store.finish_token(token, result, self.settings.review.decision_memory_s)
+        return result
+
+    async def _decide(
+        self, listing_id: str, reviewer: str, body: Mapping[str, Any], token: str, *, applied_from: str | None
+    ) -> dict[str, Any]:
+        item = await self._pending(listing_id)
+        version = body.get("version")
+        if version is not None and int(version) != item.version:
+            raise ReviewError(
+                409, "version_changed", f"{listing_id} is now version {item.version}, not {version}: reload it"
+            )
+        holder = await self.store.lease(listing_id, reviewer, self._lease_ttl, now_millis())
+        if holder != reviewer:
+            raise ReviewError(409, "leased", f"{listing_id} is being reviewed by {holder}")
+        choices = self._choices(item, body.get("attributes"))
+        decisions = []
+        for choice in choices:
+            previous, confidence = item.previous(choice.name)
+            action = choice.action
+            if action in ("CONFIRMED", "CORRECTED"):
+                action = "CONFIRMED" if sorted(choice.values) == sorted(previous) else "CORRECTED"
+            decisions.append(
+                {
+                    "name": choice.name,
+                    "values": list(choice.values),
+                    "action": action,
+                    "previous_values": previous,
+                    "previous_confidence": confidence,
+                }
+            )
+        comment = body.get("comment")
+        comment = str(comment)[:MAX_COMMENT] if comment else None
+        decided_at = now_millis()
+        record = review_decision(
+            item.request, reviewer, decisions, decided_at=decided_at, comment=comment, applied_from=applied_from
+        )
+        last = await self.versions.last(listing_id)
+        stale = last is not None and last > item.version
+        topics = self.settings.topics
+        await self.publisher.send(topics.decisions, "review_decision", listing_id, record)
+        attribute_event_id = None
+        if not stale:
+            event = human_attribute_event(
+                item.request, record, self._attributes_after(item, decisions), event_id_from=record["event_id"]
+            )
+            await self.publisher.send(topics.attributes, "attribute_event", listing_id, event)
+            attribute_event_id = event["event_id"]
+            await self.versions.record(listing_id, item.version, self.settings.redis.ttl_s)
+        else:
+            self.metrics.stale_decisions.inc()
+            logger.info("decision on %s v%d not published to search: v%s is newer", listing_id, item.version, last)
+        await self.store.remove(listing_id, item.version)
+        await self.store.release(listing_id, reviewer)
+        self._count(item, decisions)
+        result = {
+            "status": "decided",
+            "listing_id": listing_id,
+            "version": item.version,
+            "decision_id": token,
+            "decision_event_id": record["event_id"],
+            "attribute_event_id": attribute_event_id,
+            "published_to_search": not stale,
+            "stale_reason": f"version {last} is newer" if stale else None,
+            "decisions": decisions,
+            "reviewer": reviewer,
+            "decided_at": decided_at,
+        }
+        await self.store.add_history(
+            listing_id,
+            {
+                "kind": "decision",
+                "reviewer": reviewer,
+                "decided_at": decided_at,
+                "version": item.version,
+                "decision_event_id": record["event_id"],
+                "decisions": decisions,
+                "comment": comment,
+                "applied_from": applied_from,
+                "published_to_search": not stale,
+            },
+        )
+        await self.store.push_undo(
+            reviewer,
+            {
+                "listing_id": listing_id,
+                "decision_event_id": record["event_id"],
+                "published": not stale,
+                "request": item.request,
+            },
+        )
+        return result
+
+    def _choices(self, item: ReviewItem, raw: Any) -> list[Choice]:
+        """The decision's answers, checked: every uncertain attribute answered once, values from the taxonomy."""
+        if not isinstance(raw, list) or not raw:
+            raise ReviewError(422, "no_attributes", "a decision needs an answer for every uncertain attribute")
+        group = self.taxonomy.groups.get(item.group or "")
+        uncertain = {u["name"] for u in item.uncertain}
+        allowed = uncertain | {a["name"] for a in item.accepted}
+        choices: dict[str, Choice] = {}
+        for entry in raw:
+            if not isinstance(entry, Mapping):
+                raise ReviewError(422, "bad_attribute", "each answer is an object with name, action and values")
+            name = str(entry.get("name", ""))
+            action = str(entry.get("action", "")).upper()
+            if name not in allowed:
+                raise ReviewError(422, "unknown_attribute", f"{name!r} is not an attribute of this review")
+            if action not in ACTIONS:
+                raise ReviewError(422, "bad_action", f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
+            if name in choices:
+                raise ReviewError(422, "duplicate_attribute", f"{name} is answered twice")
+            values = _values(entry.get("values"))
+            attribute = group.attributes.get(name) if group else None
+            choices[name] = Choice(name, action, self._canonical(attribute, name, action, values))
+        missing = sorted(uncertain - set(choices))
+        if missing:
+            raise ReviewError(422, "unanswered", f"answer every uncertain attribute; missing: {', '.join(missing)}")
+        return list(choices.values())
+
+    @staticmethod
+    def _canonical(attribute: Attribute | None, name: str, action: str, values: list[str]) -> tuple[str, ...]:
+        if action in ("NOT_VISIBLE", "NOT_APPLICABLE"):
+            if values:
+                raise ReviewError(422, "values_with_action", f"{name}: {action} takes no values")
+            return ()
+        if not values:
+            raise ReviewError(422, "no_values", f"{name}: {action} needs a value")
+        if attribute is None:
+            raise ReviewError(422, "unknown_attribute", f"{name} is not in the taxonomy of this listing's group")
+        if len(values) > 1 and not attribute.multi_label:
+            raise ReviewError(422, "single_value", f"{name} takes one value, not {len(values)}")
+        try:
+            return tuple(dict.fromkeys(attribute.canonical(v) for v in values))
+        except UnknownValueError as exc:
+            raise ReviewError(422, "unknown_value", f"{name}: {exc}") from exc
+
+    @staticmethod
+    def _attributes_after(item: ReviewItem, decisions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The listing's attribute set after the decision: kept model values plus the reviewer's."""
+        decided = {d["name"] for d in decisions}
+        out = [dict(a) for a in item.accepted if a["name"] not in decided]
+        for d in decisions:
+            declared = item.declared(d["name"])
+            declared_set = set(declared.split("|")) if declared else set()
+            for value in d["values"]:
+                out.append(
+                    {
+                        "name": d["name"],
+                        "value": value,
+                        "confidence": 1.0,
+                        "source": "HUMAN",
+                        "declared_value": declared,
+                        "conflicts_with_declared": bool(declared_set) and value not in declared_set,
+                    }
+                )
+        return out
+
+    def _count(self, item: ReviewItem, decisions: Sequence[Mapping[str, Any]]) -> None:
+        self.metrics.decisions.inc()
+        for d in decisions:
+            agreement = {"CONFIRMED": "agree", "CORRECTED": "disagree"}.get(d["action"], d["action"].lower())
+            self.metrics.agreement.labels(d["name"], agreement).inc()
+        for u in item.uncertain:
+            self.metrics.decided_confidence.observe(top_confidence(u))
+
+    # -- undo ----------------------------------------------------------------------------------
+
+    async def undo(self, reviewer: str) -> dict[str, Any]:
+        """Withdraw the reviewer's last decision: an undo event, search restored, the item back in the queue.
+
+        The undo is a ``review_decision`` with ``undoes`` set (training exports drop the withdrawn
+        decision); search gets the model's attributes back with ``review_pending`` (unless a newer
+        version was published since); the item returns to the queue, leased to the reviewer.
+        """
+        reviewer = check_reviewer(reviewer)
+        entry = await self.store.pop_undo(reviewer)
+        if entry is None:
+            raise ReviewError(404, "nothing_to_undo", "no decision of yours to undo")
+        try:
+            return await self._undo(reviewer, entry)
+        except BaseException:
+            await self.store.restore_undo(reviewer, entry)
+            raise
+
+    async def _undo(self, reviewer: str, entry: dict[str, Any]) -> dict[str, Any]:
+        item = ReviewItem(entry["request"])
+        listing_id = item.listing_id
+        now = now_millis()
+        record = review_decision(item.request, reviewer, [], decided_at=now, undoes=entry["decision_event_id"])
+        topics = self.settings.topics
+        await self.publisher.send(topics.decisions, "review_decision", listing_id, record)
+        last = await self.versions.last(listing_id)
+        restored = entry.get("published") and (last is None or last <= item.version)
+        if restored:
+            event = human_attribute_event(
+                item.request, None, item.accepted, event_id_from=record["event_id"], review_pending=True
+            )
+            await self.publisher.send(topics.attributes, "attribute_event", listing_id, event)
+        requeued = await self.store.upsert(item)
+        if requeued:
+            await self.store.lease(listing_id, reviewer, self._lease_ttl, now)
+        await self.store.add_history(
+            listing_id,
+            {
+                "kind": "undo",
+                "reviewer": reviewer,
+                "decided_at": now,
+                "version": item.version,
+                "decision_event_id": record["event_id"],
+                "undoes": entry["decision_event_id"],
+            },
+        )
+        self.metrics.undos.inc()
+        return {
+            "status": "undone",
+            "listing_id": listing_id,
+            "version": item.version,
+            "undo_event_id": record["event_id"],
+            "undoes": entry["decision_event_id"],
+            "search_restored": bool(restored),
+            "requeued": requeued,
+        }
+
+    async def refresh_depth(self) -> None:
+        """Set the queue-depth gauges (by reason) from Redis."""
+        counts = await self.store.counts()
+        for reason in ("DECLARED_CONFLICT", "LOW_CONFIDENCE", "NO_USABLE_IMAGE"):
+            self.metrics.depth.labels(reason).set(counts["reason"].get(reason, 0))
+        self.metrics.pending.set(await self.store.depth())
+
+
+def check_reviewer(reviewer: str | None) -> str:
+    """A reviewer id: 1-128 printable characters."""
+    if not reviewer or not REVIEWER.match(reviewer):
+        raise ReviewError(401, "no_reviewer", "who is reviewing? log in (or the auth proxy must set the header)")
+    return reviewer
+
+
+def _decision_id(body: Mapping[str, Any]) -> str:
+    decision_id = str(body.get("decision_id") or "")
+    if not DECISION_ID.match(decision_id):
+        raise ReviewError(
+            422, "bad_decision_id", "decision_id is required: 1-128 characters of letters, digits and ._:-"
+        )
+    return decision_id
+
+
+def _values(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ReviewError(422, "bad_values", "values is a list of strings")
+    return list(raw)
+
+
+def _listing_ids(raw: Any) -> list[str]:
+    if not raw:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ReviewError(422, "bad_apply_to", "apply_to is a list of listing ids")
+    return list(dict.fromkeys(raw))[:PAGE_LIMIT]
