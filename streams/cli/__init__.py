@@ -7,10 +7,10 @@ produce, tail) add their commands to them; the model commands come from :mod:`ta
 
 from __future__ import annotations
 
-from streams.cli import admin, streaming
+from streams.cli import admin, dataset, streaming
 from streams.cli.common import app
 
-__all__ = ["admin", "app", "run", "streaming"]
+__all__ = ["admin", "app", "dataset", "run", "streaming"]
 
 
 def run() -> None:
