@@ -1,4 +1,4 @@
-"""Streaming commands: the worker, the review service, the demo, its benchmark, producing listings and tailing topics."""
+"""Streaming commands: worker, review service, demo, its benchmark, producing listings and tailing topics."""
 
 from __future__ import annotations
 
@@ -49,8 +49,7 @@ def review() -> None:
 
     settings = _settings()
     configure_logging(settings.log.level, settings.log.format)
-    code = _guarded(lambda: run(settings))
-    raise typer.Exit(code)
+    _guarded(lambda: run(settings))
 
 
 @app.command()

@@ -15,8 +15,9 @@ import asyncio
 import io
 import ipaddress
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar, NoReturn, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -30,10 +31,14 @@ from streams.events import Original, dead_letter, error_text, qualified_name
 from streams.images import ImageFetcher
 from streams.review.items import ReviewItem
 from streams.review.metrics import ReviewMetrics
+from streams.review.pages import add_pages
 from streams.review.publish import Publisher, PublishError
 from streams.review.service import ReviewError, ReviewService, check_reviewer
 from streams.review.store import QueueFilter, ReviewStore
+from tagger.errors import TaggerError
+from tagger.explain import explain
 from tagger.predict import Predictor
+from tagger.taxonomy import Taxonomy, load_taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +68,7 @@ def check_bind(settings: Settings) -> None:
 class _ReviewWeb(FaustWeb):
     """Faust's aiohttp driver without its index page at ``/`` (the queue lives there)."""
 
-    production_blueprints: Any = []
+    production_blueprints: ClassVar[Any] = ()
 
 
 class _FaustApp(faust.App):
@@ -101,7 +106,9 @@ class ReviewApp:
         self.bootstrap = bootstrap or settings.kafka.bootstrap
         self.redis_url = redis_url or settings.redis.url
         if not self.bootstrap or not self.redis_url:
-            raise SwatchError("the review service needs Kafka and Redis: set SWATCH_KAFKA_BOOTSTRAP and SWATCH_REDIS_URL")
+            raise SwatchError(
+                "the review service needs Kafka and Redis: set SWATCH_KAFKA_BOOTSTRAP and SWATCH_REDIS_URL"
+            )
         self.metrics = ReviewMetrics()
         self.codec = Codec.from_settings(settings.registry)
         self.predictor = predictor
@@ -142,9 +149,8 @@ class ReviewApp:
             autodiscover=False,
             logging_config=None,
         )
-        raw = {"value_type": bytes, "value_serializer": "raw", "key_serializer": "raw"}
-        reviews = app.topic(s.topics.review, **raw)
-        listings = app.topic(s.topics.listings, **raw)
+        reviews = app.topic(s.topics.review, value_type=bytes, value_serializer="raw", key_serializer="raw")
+        listings = app.topic(s.topics.listings, value_type=bytes, value_serializer="raw", key_serializer="raw")
 
         async def on_reviews(stream: Any) -> AsyncIterator[None]:
             async for event in stream.events():
@@ -160,7 +166,7 @@ class ReviewApp:
         app.agent(listings, name="listing-versions")(on_listings)
         app.task(self._sweeper)
         app.hooks = (self.start, self.close)
-        self._routes(app.web.web_app)
+        self._routes(cast("_ReviewWeb", app.web).web_app)
         return app
 
     async def start(self) -> None:
@@ -176,9 +182,7 @@ class ReviewApp:
         self.service = ReviewService(self.settings, self.store, self.publisher, taxonomy, self.metrics)
         await self.service.refresh_depth()
 
-    def _taxonomy(self) -> Any:
-        from tagger.taxonomy import load_taxonomy
-
+    def _taxonomy(self) -> Taxonomy:
         if self.predictor is not None:
             return self.predictor.taxonomy
         return load_taxonomy()
@@ -235,7 +239,9 @@ class ReviewApp:
         )
         if self.publisher is None:
             raise SwatchError("the review service is not started")
-        await self.publisher.send(self.settings.topics.dlq, "dead_letter", str(message.key or b"", "utf-8", "replace"), letter)
+        await self.publisher.send(
+            self.settings.topics.dlq, "dead_letter", str(message.key or b"", "utf-8", "replace"), letter
+        )
 
     async def _sweeper(self) -> None:
         while True:
@@ -284,11 +290,11 @@ class ReviewApp:
         app.router.add_post("/api/items/{listing_id}/decision", api(self._decide))
         app.router.add_get("/api/items/{listing_id}/images/{index}", self._image)
         app.router.add_get("/api/items/{listing_id}/gradcam/{attribute}", self._gradcam)
-        from streams.review.pages import add_pages
-
         add_pages(app, self)
 
-    def _api(self, handler: Callable[[web.Request], Awaitable[Any]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _api(
+        self, handler: Callable[[web.Request], Awaitable[Any]]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def wrapped(request: web.Request) -> web.Response:
             if self.settings.review.behind_proxy and not self.reviewer_of(request):
                 return _error(401, "no_reviewer", f"the auth proxy must set {self.settings.review.reviewer_header}")
@@ -458,9 +464,6 @@ class ReviewApp:
 
 
 def _explain_png(predictor: Predictor, data: bytes, group: str | None, attribute: str, value: str | None) -> bytes:
-    from tagger.errors import TaggerError
-    from tagger.explain import explain
-
     head = f"{group}.{attribute}" if group else attribute
     try:
         [explanation] = explain(predictor, data, [head], group=group, value=value)
@@ -509,8 +512,6 @@ def _credentials(settings: Settings) -> Any:
     kafka = settings.kafka
     if kafka.security_protocol == "PLAINTEXT":
         return None
-    import ssl
-
     context = None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=kafka.ssl_ca_location)
@@ -528,9 +529,8 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
-def run(settings: Settings, *, bootstrap: str | None = None, redis_url: str | None = None) -> int:
-    """Run the review service until SIGTERM or Ctrl-C; returns the exit code."""
+def run(settings: Settings, *, bootstrap: str | None = None, redis_url: str | None = None) -> NoReturn:
+    """Run the review service until SIGTERM or Ctrl-C, then exit the process (Faust's worker does)."""
     review = ReviewApp(settings, bootstrap=bootstrap, redis_url=redis_url)
     worker = faust.Worker(review.faust, loglevel=settings.log.level, quiet=True)
-    worker.execute_from_commandline()  # exits the process when it stops
-    return 0
+    worker.execute_from_commandline()

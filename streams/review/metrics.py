@@ -14,24 +14,33 @@ class ReviewMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.depth = Gauge(
-            "swatch_review_queue_depth", "Pending items by review reason (an item can have several).", ["reason"],
+            "swatch_review_queue_depth",
+            "Pending items by review reason (an item can have several).",
+            ["reason"],
             registry=r,
         )
         self.pending = Gauge("swatch_review_pending", "Pending items in the queue.", registry=r)
         self.requests = Counter(
-            "swatch_review_requests", "Review requests consumed, by result (queued, superseded).", ["result"],
+            "swatch_review_requests",
+            "Review requests consumed, by result (queued, superseded).",
+            ["result"],
             registry=r,
         )
         self.removed = Counter(
-            "swatch_review_items_removed", "Pending items removed by a listing event, by cause (newer, deleted).",
-            ["cause"], registry=r,
-        )
-        self.invalid = Counter(
-            "swatch_review_invalid_events", "Undecodable or invalid events dead-lettered, by topic.", ["topic"],
+            "swatch_review_items_removed",
+            "Pending items removed by a listing event, by cause (newer, deleted).",
+            ["cause"],
             registry=r,
         )
-        self.decisions = Counter("swatch_review_decisions", "Decisions published (rate: decisions per minute).",
-                                 registry=r)
+        self.invalid = Counter(
+            "swatch_review_invalid_events",
+            "Undecodable or invalid events dead-lettered, by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "swatch_review_decisions", "Decisions published (rate: decisions per minute).", registry=r
+        )
         self.agreement = Counter(
             "swatch_review_agreement",
             "Decided attributes by whether the reviewer agreed with the model (agree, disagree, not_visible, "
@@ -40,11 +49,14 @@ class ReviewMetrics:
             registry=r,
         )
         self.decided_confidence = Histogram(
-            "swatch_review_decided_confidence", "The model's top confidence of decided attributes.",
-            buckets=CONFIDENCE_BUCKETS, registry=r,
+            "swatch_review_decided_confidence",
+            "The model's top confidence of decided attributes.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
         )
         self.stale_decisions = Counter(
-            "swatch_review_stale_decisions", "Decisions not published to search because a newer version was.",
+            "swatch_review_stale_decisions",
+            "Decisions not published to search because a newer version was.",
             registry=r,
         )
         self.undos = Counter("swatch_review_undos", "Decisions withdrawn with undo.", registry=r)
@@ -53,7 +65,9 @@ class ReviewMetrics:
             "swatch_review_lease_expiries", "Leases that ran out without a decision (abandoned items).", registry=r
         )
         self.errors = Counter(
-            "swatch_review_errors", "Requests that failed inside the service (5xx), by operation.", ["operation"],
+            "swatch_review_errors",
+            "Requests that failed inside the service (5xx), by operation.",
+            ["operation"],
             registry=r,
         )
 

@@ -63,9 +63,7 @@ class Publisher:
             loop.call_soon_threadsafe(settle, err)
 
         try:
-            self._producer.produce(
-                topic, key=None if key is None else key.encode(), value=value, on_delivery=delivered
-            )
+            self._producer.produce(topic, key=None if key is None else key.encode(), value=value, on_delivery=delivered)
         except (BufferError, KafkaException) as exc:
             raise PublishError(f"{topic}: {exc}") from exc
         try:

@@ -22,7 +22,7 @@ from streams.errors import SwatchError
 from streams.events import human_attribute_event, review_decision
 from streams.review.items import ReviewItem, top_confidence
 from streams.review.metrics import ReviewMetrics
-from streams.review.publish import Publisher, PublishError
+from streams.review.publish import Publisher
 from streams.review.store import QueueFilter, ReviewStore
 from tagger.taxonomy import Attribute, Taxonomy, UnknownValueError
 
@@ -44,6 +44,12 @@ class ReviewError(SwatchError):
         self.code = code
 
 
+_KEEP_MAX = (
+    "local c = tonumber(redis.call('GET', KEYS[1]) or '-1') "
+    "if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end"
+)
+
+
 class VersionLookup:
     """The worker's record of each listing's last published version (``swatch:ver:...`` in Redis)."""
 
@@ -63,8 +69,7 @@ class VersionLookup:
 
     async def record(self, listing_id: str, version: int, ttl_s: int) -> None:
         """Keep the maximum, as the worker does."""
-        script = "local c = tonumber(redis.call('GET', KEYS[1]) or '-1') if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end"
-        await self._store.client.eval(script, 1, self.key(listing_id), version, ttl_s)
+        await self._store.client.eval(_KEEP_MAX, 1, self.key(listing_id), version, ttl_s)
 
 
 @dataclass(frozen=True)
@@ -286,7 +291,9 @@ class ReviewService:
             return {**known, "repeated": True}
         try:
             item = await self._pending(other)
-            result = await self._decide(other, reviewer, {**body, "version": item.version}, token, applied_from=reviewed)
+            result = await self._decide(
+                other, reviewer, {**body, "version": item.version}, token, applied_from=reviewed
+            )
         except ReviewError as exc:
             await self.store.drop_token(token)
             return {"listing_id": other, "status": "refused", "code": exc.code, "error": str(exc)}

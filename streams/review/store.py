@@ -173,7 +173,8 @@ class ReviewStore:
         """Queue the item unless a newer version (or a delete) of the listing is known; True when stored."""
         indexes = [f"idx:{n}" for n in item.index_names()]
         indexes += [f"idx:hash:{h}" for h in dict.fromkeys(item.usable_hashes)]
-        args = [self.prefix, item.listing_id, item.version, item.dumps(), item.priority, *indexes]
+        args: list[str | int | float] = [self.prefix, item.listing_id, item.version, item.dumps(), item.priority]
+        args += indexes
         return bool(await self._upsert(args=args))
 
     async def supersede(self, listing_id: str, version: int, *, deleted: bool) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-
 import subprocess
 import sys
 import time
@@ -63,7 +62,9 @@ def request_record(
     return review_request(context, model_id, decision, images)
 
 
-def low(name: str, candidates: list[tuple[str, float]], reason: str = "LOW_CONFIDENCE", declared: str | None = None) -> dict[str, Any]:
+def low(
+    name: str, candidates: list[tuple[str, float]], reason: str = "LOW_CONFIDENCE", declared: str | None = None
+) -> dict[str, Any]:
     """An uncertain attribute."""
     return {
         "name": name,
@@ -102,16 +103,16 @@ def produce_raw(settings: Settings, topic: str, key: bytes, value: bytes) -> Non
     assert producer.flush(15) == 0
 
 
-def read_all(settings: Settings, topic: str, schema: str, *, expect: int, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+def read_all(
+    settings: Settings, topic: str, schema: str, *, expect: int, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
     """Read ``topic`` from the start until ``expect`` records arrived (or the timeout)."""
     deadline = time.monotonic() + timeout_s
-    records: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+    while True:
         records = [r.value for r in read_topic(settings, topic, schema=schema, idle_timeout_s=1.0)]
-        if len(records) >= expect:
+        if len(records) >= expect or time.monotonic() >= deadline:
             return records
         time.sleep(0.3)
-    return records
 
 
 @dataclass
@@ -229,4 +230,15 @@ def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "condition") -
     raise AssertionError(f"timed out waiting for {what}")
 
 
-
+def read_for(
+    settings: Settings, topic: str, schema: str, listing_id: str, *, expect: int, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
+    """The records of one listing on ``topic`` once ``expect`` of them arrived (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    mine: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        mine = [r for r in read_all(settings, topic, schema, expect=0, timeout_s=0) if r["listing_id"] == listing_id]
+        if len(mine) >= expect:
+            return mine
+        time.sleep(0.3)
+    return mine
