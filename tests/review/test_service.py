@@ -376,7 +376,7 @@ def test_the_queue_survives_a_restart(settings: Settings, service: ReviewProcess
 
 
 def test_it_refuses_a_public_address_without_a_proxy_in_front(settings: Settings) -> None:
-    env = {**review_env(settings), "SWATCH_REVIEW_HOST": "0.0.0.0"}
+    env = {**review_env(settings), "SWATCH_REVIEW_HOST": "0.0.0.0"}  # noqa: S104 - the address it must refuse
     done = subprocess.run(
         [sys.executable, "-m", "streams", "review"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
