@@ -11,13 +11,19 @@ attributes and confidences, and the review queue.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -28,8 +34,8 @@ from typing import Any
 from PIL import Image
 
 from streams.codec import Codec, listing_event_id, now_millis
-from streams.config import Settings
-from streams.embedded import services
+from streams.config import Settings, settings_env
+from streams.embedded import free_port, services
 from streams.errors import SwatchError
 from streams.images_server import ImageServer
 from streams.kafka import admin_config
@@ -53,6 +59,9 @@ class DemoOptions:
     workdir: Path | None = None
     seed: int = 7
     timeout_s: float = 300.0
+    # Called with the summary while everything still runs (the review UI, its images); `--review`
+    # prints the address there and waits for Ctrl-C. None: the review service stops with the rest.
+    hold: Callable[[DemoSummary], None] | None = None
 
 
 @dataclass
@@ -92,6 +101,8 @@ class DemoSummary:
     redis_url: str = ""
     embedded: tuple[str, ...] = ()
     html_path: str = ""
+    review_url: str = ""
+    review_queue_depth: int = 0
 
 
 @dataclass
@@ -119,7 +130,8 @@ def run_demo(
         create_topics(admin_config(run.kafka), topic_specs(run.topics, replication=1 if endpoints.embedded else None))
         n_products = max(10, options.listings * 3 // 4)
         manifest = generate_catalog(workdir / "catalog", SynthConfig(n=n_products, seed=options.seed))
-        with ImageServer(manifest.parent) as server:
+        with ImageServer(manifest.parent) as server, ReviewUI(run, workdir) as review:
+            summary.review_url = review.url
             plan = _plan(manifest, server.base_url, options)
             worker = Worker(run)
             summary.model_id = worker.model_id
@@ -143,9 +155,82 @@ def run_demo(
             summary.images_inferred = int(worker.metrics.value("swatch_images_inferred_total"))
             summary.images_deduplicated = int(worker.metrics.value("swatch_images_deduplicated_total"))
             _summarise(summary, outputs, finished_at - published_at)
+            summary.review_queue_depth = review.wait_for_queue(summary.review_requests)
             summary.html_path = str(write_report(options.html_path, outputs, manifest.parent, summary))
-    summary.seconds = round(time.monotonic() - started, 2)
+            summary.seconds = round(time.monotonic() - started, 2)
+            if options.hold is not None:
+                options.hold(summary)
     return summary
+
+
+class ReviewUI:
+    """`swatch review` beside the demo's worker, as a subprocess with the demo's settings."""
+
+    def __init__(self, settings: Settings, workdir: Path, ready_timeout_s: float = 90.0) -> None:
+        port = settings.review.port if _port_free(settings.review.host, settings.review.port) else free_port()
+        run_id = settings.kafka.group_id.rsplit("-", 1)[-1]
+        names = {"group_id": f"swatch-demo-{run_id}-review", "key_prefix": f"swatch-demo-{run_id}:review:"}
+        review = settings.review.model_copy(update={"port": port, **names})
+        self.settings = settings.model_copy(update={"review": review})
+        self.url = f"http://{_url_host(review.host)}:{port}"
+        self.log_path = workdir / "review.log"
+        self._ready_timeout_s = ready_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ReviewUI:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWATCH_")}
+        env.update(settings_env(self.settings))
+        env["SWATCH_LOG_FORMAT"] = "text"
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "streams", "review"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(10)
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:  # noqa: S310 - our own http URL
+            return json.load(response)
+
+    def wait_for_queue(self, expected: int) -> int:
+        """Wait until the service is ready and its queue holds ``expected`` items; returns the depth seen."""
+        deadline = time.monotonic() + self._ready_timeout_s
+        depth = -1
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise SwatchError(f"the review service exited with {self._process.returncode}:\n{tail}")
+            with contextlib.suppress(OSError, ValueError):
+                depth = int(self._get("/api/counts")["depth"])
+                if depth >= expected:
+                    return depth
+            time.sleep(0.3)
+        logger.warning("the review queue holds %d of %d requests after %.0f s", depth, expected, self._ready_timeout_s)
+        return max(depth, 0)
+
+
+def _port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - mapping, not binding
 
 
 def _demo_settings(settings: Settings, bootstrap: str, redis_url: str, embedded_kafka: bool) -> Settings:
@@ -173,6 +258,7 @@ def _demo_settings(settings: Settings, bootstrap: str, redis_url: str, embedded_
         batch=settings.batch,
         fetch=fetch,
         worker=worker,
+        review=settings.review,
         log=settings.log,
     )
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,6 +17,9 @@ from streams.cli.common import _guarded, _io, _settings, _table, _terminate_as_i
 from streams.codec import SCHEMA_NAMES
 from streams.kafka import admin_config
 from tagger import cli as tagger_cli
+
+if TYPE_CHECKING:
+    from streams.demo import DemoSummary
 
 
 @app.command()
@@ -59,8 +64,11 @@ def demo(
     html_path: Annotated[Path, typer.Option("--html", help="Where to write the HTML page.")] = Path(
         "swatch-demo/report.html"
     ),
+    review: Annotated[
+        bool, typer.Option("--review", help="Keep the review UI (and the demo's services) running until Ctrl-C.")
+    ] = False,
 ) -> None:
-    """Tag a few hundred synthetic listings end to end: broker, Redis, image server, worker, demo model."""
+    """Tag a few hundred synthetic listings end to end: broker, Redis, image server, worker, review UI, demo model."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from streams.demo import DemoOptions, DemoProgress, run_demo
@@ -84,13 +92,32 @@ def demo(
             info = f"tagged {state.attribute_events}, review {state.review_requests}, dead letters {state.dead_letters}"
             bar.update(task, description="listings", total=state.expected, completed=state.done, info=info)
 
+        def hold(summary: DemoSummary) -> None:
+            bar.stop()
+            _print_demo(summary)
+            _io.out.print(f"[bold]Review UI: {summary.review_url}[/bold] (log in with any name); Ctrl-C stops the demo")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+
+        options = DemoOptions(listings=listings, html_path=html_path, hold=hold if review else None)
         try:
-            summary = _guarded(
-                lambda: run_demo(settings, DemoOptions(listings=listings, html_path=html_path), progress)
-            )
+            summary = _guarded(lambda: run_demo(settings, options, progress))
         except KeyboardInterrupt:
             _io.err.print("interrupted; embedded servers stopped")
             raise typer.Exit(130) from None
+    if not review:
+        _print_demo(summary)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        _io.out.print(f"summary written to {json_path}")
+    if summary.dead_letters.get("internal_error"):
+        _io.err.print(f"[red]{summary.dead_letters['internal_error']} listing(s) failed inside the worker[/red]")
+        raise typer.Exit(1)
+
+
+def _print_demo(summary: DemoSummary) -> None:
     table = _table("measure", "value", title=f"Swatch demo: model {summary.model_id}")
     where = f"embedded {', '.join(summary.embedded)}" if summary.embedded else "configured"
     rows = [
@@ -106,19 +133,13 @@ def demo(
         ("declared values contradicted", summary.declared_conflicts),
         ("throughput", f"{summary.throughput_listings_per_s} listings/s"),
         ("latency p50 / p99", f"{summary.latency_p50_s} s / {summary.latency_p99_s} s"),
+        ("review queue", f"{summary.review_queue_depth} items at {summary.review_url}"),
         ("wall time", f"{summary.seconds} s"),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     _io.out.print(table)
     _io.out.print(f"HTML page: {summary.html_path}")
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        _io.out.print(f"summary written to {json_path}")
-    if summary.dead_letters.get("internal_error"):
-        _io.err.print(f"[red]{summary.dead_letters['internal_error']} listing(s) failed inside the worker[/red]")
-        raise typer.Exit(1)
 
 
 @tagger_cli.bench_app.command("worker")

@@ -24,7 +24,7 @@ from streams.config.sections import (
     TopicSettings,
     WorkerSettings,
 )
-from streams.config.settings import ENV_VARS, EnvVar, Settings, load_settings
+from streams.config.settings import ENV_VARS, EnvVar, Settings, load_settings, settings_env
 
 __all__ = [
     "CONFIG_FILE_VAR",
@@ -44,6 +44,7 @@ __all__ = [
     "WorkerSettings",
     "env_var_name",
     "load_settings",
+    "settings_env",
     "mask_extra",
     "mask_url_password",
 ]

@@ -152,6 +152,29 @@ class _SwatchEnvSource(PydanticBaseSettingsSource):
         return values
 
 
+def settings_env(settings: Settings, *, secrets: bool = True) -> dict[str, str]:
+    """The ``SWATCH_*`` variables that make another process load the same settings (unset fields left out).
+
+    Lists and mappings are written as JSON, booleans as ``true``/``false``; secrets are written in
+    clear unless ``secrets`` is False (then they are left out), since the child needs them.
+    """
+    env: dict[str, str] = {}
+    for var in ENV_VARS.values():
+        value = getattr(getattr(settings, var.section), var.field)
+        if value is None or (var.secret and not secrets):
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list | tuple | dict):
+            text = json.dumps(value if isinstance(value, dict) else [str(v) for v in value])
+        else:
+            text = str(value)
+        env[var.name] = text
+    return env
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Resolve the configuration, or raise :class:`ConfigError` with one line per bad setting."""
     _warn_unknown_variables()

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar, NoReturn, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -36,9 +36,10 @@ from streams.review.publish import Publisher, PublishError
 from streams.review.service import ReviewError, ReviewService, check_reviewer
 from streams.review.store import QueueFilter, ReviewStore
 from tagger.errors import TaggerError
-from tagger.explain import explain
-from tagger.predict import Predictor
 from tagger.taxonomy import Taxonomy, load_taxonomy
+
+if TYPE_CHECKING:
+    from tagger.predict import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -454,6 +455,8 @@ class ReviewApp:
     async def _load_predictor(self) -> Predictor | None:
         if not self._predictor_loaded:
             self._predictor_loaded = True
+            from tagger.predict import Predictor  # torch and Grad-CAM load only when an overlay is asked for
+
             try:
                 self.predictor = await asyncio.to_thread(
                     Predictor.load, self.settings.model.dir, self.settings.model.device
@@ -464,6 +467,8 @@ class ReviewApp:
 
 
 def _explain_png(predictor: Predictor, data: bytes, group: str | None, attribute: str, value: str | None) -> bytes:
+    from tagger.explain import explain
+
     head = f"{group}.{attribute}" if group else attribute
     try:
         [explanation] = explain(predictor, data, [head], group=group, value=value)

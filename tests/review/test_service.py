@@ -396,3 +396,37 @@ def test_behind_a_proxy_requests_without_the_reviewer_header_are_refused(setting
         status, answer = svc.api.as_(None).call("GET", "/api/queue")
         assert (status, answer["code"]) == (401, "no_reviewer")
         assert svc.api.call("GET", "/api/queue")[0] == 200
+
+
+def test_the_item_page_shows_the_image_and_the_grad_cam_of_the_model_under_review(
+    settings: Settings, service: ReviewProcess, tmp_path: Path
+) -> None:
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from streams.images_server import ImageServer
+    from tagger.card import default_model_dir, read_card
+
+    Image.new("RGB", (96, 128), (200, 30, 40)).save(tmp_path / "dress.png")
+    data = (tmp_path / "dress.png").read_bytes()
+    demo_model = read_card(default_model_dir()).model_id
+    with ImageServer(tmp_path) as server:
+        url = server.base_url + "dress.png"
+        images = [ImageOutcome(url, "TAGGED", content_hash=hashlib.sha256(data).hexdigest())]
+        submit(
+            settings,
+            request_record("G-1", images=images, model_id=demo_model),
+            request_record("G-2", images=images),  # reviewed model not loaded here
+        )
+        wait_for(queued(service, "G-1"), what="G-1")
+        wait_for(queued(service, "G-2"), what="G-2")
+        status, body = service.api.call("GET", "/api/items/G-1/images/0")
+        assert status == 200 and body == data, "the image comes through the service's own fetcher"
+        status, png = service.api.call("GET", "/api/items/G-1/gradcam/colour.png")
+        assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert min(Image.open(io.BytesIO(png)).size) > 0
+        status, answer = service.api.call("GET", "/api/items/G-2/gradcam/colour.png")
+        assert (status, answer["code"]) == (404, "model_not_loaded")
+        assert service.api.call("GET", "/api/items/G-1/images/7")[0] == 404

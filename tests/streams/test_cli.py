@@ -88,6 +88,8 @@ def test_demo_against_configured_servers(
     page = html_path.read_text()
     assert summary["html_path"] == str(html_path.resolve()) and str(html_path.resolve()) in result.output
     assert "Review queue" in page and "data:image/jpeg;base64," in page and summary["model_id"] in page
+    assert summary["review_queue_depth"] == summary["review_requests"], "the review service queued every request"
+    assert summary["review_url"].startswith("http://127.0.0.1:")
 
 
 @pytest.mark.integration
@@ -118,3 +120,46 @@ def test_demo_with_nothing_configured_leaves_no_process_behind(tmp_path: Path) -
             except OSError:
                 continue
     assert leftovers == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_review_keeps_the_review_ui_running_until_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    marker = f"demo-{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWATCH_")}
+    env.update(DEMO_TEST_MARKER=marker, SWATCH_REVIEW_PORT="0", COLUMNS="200")
+    swatch = Path(sys.executable).parent / "swatch"
+    process = subprocess.Popen(
+        [str(swatch), "demo", "--listings", "20", "--review"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    address = None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Review UI: "):
+            address = line.split()[2]
+            break
+    assert address, "".join(lines)
+    with urllib.request.urlopen(address + "/api/queue", timeout=10) as response:  # the UI answers meanwhile
+        queue = json.load(response)
+    assert queue["total"] >= 1
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _has_marker(p, marker)]
+    assert leftovers == []
+
+
+def _has_marker(proc: Path, marker: str) -> bool:
+    try:
+        return marker.encode() in (proc / "environ").read_bytes()
+    except OSError:
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import logging
 from pathlib import Path
 
@@ -149,3 +150,24 @@ def test_settings_are_frozen() -> None:
 def test_mask_url_password() -> None:
     assert mask_url_password("redis://redis:6379/0") == "redis://redis:6379/0"
     assert mask_url_password("rediss://u:p@h:6380/1") == "rediss://u:****@h:6380/1"
+
+
+def test_settings_env_makes_another_process_load_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.config import settings_env
+
+    original = Settings(
+        kafka={"bootstrap": "k1:9092,k2:9092", "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
+               "sasl_username": "u", "sasl_password": "p@ss", "extra": {"client.rack": "a"}},
+        redis={"url": "redis://:pw@r:6379/0"},
+        fetch={"allow_networks": ["127.0.0.0/8", "10.0.0.0/8"]},
+        model={"thresholds": {"colour": 0.8}},
+        review={"behind_proxy": True, "port": 9000},
+    )
+    env = settings_env(original)
+    for name in list(os.environ):
+        if name.startswith("SWATCH_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == original
+    assert "SWATCH_KAFKA_SASL_PASSWORD" not in settings_env(original, secrets=False)
