@@ -44,7 +44,7 @@ __all__ = [
     "WorkerSettings",
     "env_var_name",
     "load_settings",
-    "settings_env",
     "mask_extra",
     "mask_url_password",
+    "settings_env",
 ]

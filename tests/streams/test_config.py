@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -156,8 +156,14 @@ def test_settings_env_makes_another_process_load_the_same_settings(monkeypatch: 
     from streams.config import settings_env
 
     original = Settings(
-        kafka={"bootstrap": "k1:9092,k2:9092", "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-               "sasl_username": "u", "sasl_password": "p@ss", "extra": {"client.rack": "a"}},
+        kafka={
+            "bootstrap": "k1:9092,k2:9092",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_username": "u",
+            "sasl_password": "p@ss",
+            "extra": {"client.rack": "a"},
+        },
         redis={"url": "redis://:pw@r:6379/0"},
         fetch={"allow_networks": ["127.0.0.0/8", "10.0.0.0/8"]},
         model={"thresholds": {"colour": 0.8}},
