@@ -11,37 +11,29 @@ a repeated submission with the same decision id gets that answer and publishes n
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from streams.codec import now_millis
 from streams.config import Settings
-from streams.errors import SwatchError
 from streams.events import human_attribute_event, review_decision
 from streams.review.items import ReviewItem, top_confidence
 from streams.review.metrics import ReviewMetrics
 from streams.review.publish import Publisher
+from streams.review.rules import (
+    MAX_COMMENT,
+    PAGE_LIMIT,
+    ReviewError,
+    attributes_after,
+    check_reviewer,
+    checked_choices,
+    decision_id_of,
+    listing_ids_of,
+)
 from streams.review.store import QueueFilter, ReviewStore
-from tagger.taxonomy import Attribute, Taxonomy, UnknownValueError
+from tagger.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
-
-ACTIONS = ("CONFIRMED", "CORRECTED", "NOT_VISIBLE", "NOT_APPLICABLE")
-DECISION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-REVIEWER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-MAX_COMMENT = 2000
-PAGE_LIMIT = 200
-
-
-class ReviewError(SwatchError):
-    """A request the service refuses, with the HTTP status and a code the API returns."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 _KEEP_MAX = (
@@ -70,15 +62,6 @@ class VersionLookup:
     async def record(self, listing_id: str, version: int, ttl_s: int) -> None:
         """Keep the maximum, as the worker does."""
         await self._store.client.eval(_KEEP_MAX, 1, self.key(listing_id), version, ttl_s)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One attribute's answer in a decision."""
-
-    name: str
-    action: str
-    values: tuple[str, ...]
 
 
 class ReviewService:
@@ -259,7 +242,7 @@ class ReviewService:
     async def decide(self, listing_id: str, reviewer: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Apply a decision (see the module docstring); ``body["apply_to"]`` lists listings sharing the image."""
         reviewer = check_reviewer(reviewer)
-        decision_id = _decision_id(body)
+        decision_id = decision_id_of(body)
         known = await self.store.claim_token(decision_id, self.settings.review.decision_memory_s)
         if known is not None:
             if known.get("status") == "in_progress":
@@ -272,7 +255,7 @@ class ReviewService:
             raise
         await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
         also = []
-        for other in _listing_ids(body.get("apply_to")):
+        for other in listing_ids_of(body.get("apply_to")):
             if other == listing_id:
                 continue
             also.append(await self._apply_to(other, reviewer, body, decision_id, listing_id))
@@ -315,7 +298,7 @@ class ReviewService:
         holder = await self.store.lease(listing_id, reviewer, self._lease_ttl, now_millis())
         if holder != reviewer:
             raise ReviewError(409, "leased", f"{listing_id} is being reviewed by {holder}")
-        choices = self._choices(item, body.get("attributes"))
+        choices = checked_choices(self.taxonomy, item, body.get("attributes"))
         decisions = []
         for choice in choices:
             previous, confidence = item.previous(choice.name)
@@ -344,7 +327,7 @@ class ReviewService:
         attribute_event_id = None
         if not stale:
             event = human_attribute_event(
-                item.request, record, self._attributes_after(item, decisions), event_id_from=record["event_id"]
+                item.request, record, attributes_after(item, decisions), event_id_from=record["event_id"]
             )
             await self.publisher.send(topics.attributes, "attribute_event", listing_id, event)
             attribute_event_id = event["event_id"]
@@ -392,71 +375,6 @@ class ReviewService:
             },
         )
         return result
-
-    def _choices(self, item: ReviewItem, raw: Any) -> list[Choice]:
-        """The decision's answers, checked: every uncertain attribute answered once, values from the taxonomy."""
-        if not isinstance(raw, list) or not raw:
-            raise ReviewError(422, "no_attributes", "a decision needs an answer for every uncertain attribute")
-        group = self.taxonomy.groups.get(item.group or "")
-        uncertain = {u["name"] for u in item.uncertain}
-        allowed = uncertain | {a["name"] for a in item.accepted}
-        choices: dict[str, Choice] = {}
-        for entry in raw:
-            if not isinstance(entry, Mapping):
-                raise ReviewError(422, "bad_attribute", "each answer is an object with name, action and values")
-            name = str(entry.get("name", ""))
-            action = str(entry.get("action", "")).upper()
-            if name not in allowed:
-                raise ReviewError(422, "unknown_attribute", f"{name!r} is not an attribute of this review")
-            if action not in ACTIONS:
-                raise ReviewError(422, "bad_action", f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
-            if name in choices:
-                raise ReviewError(422, "duplicate_attribute", f"{name} is answered twice")
-            values = _values(entry.get("values"))
-            attribute = group.attributes.get(name) if group else None
-            choices[name] = Choice(name, action, self._canonical(attribute, name, action, values))
-        missing = sorted(uncertain - set(choices))
-        if missing:
-            raise ReviewError(422, "unanswered", f"answer every uncertain attribute; missing: {', '.join(missing)}")
-        return list(choices.values())
-
-    @staticmethod
-    def _canonical(attribute: Attribute | None, name: str, action: str, values: list[str]) -> tuple[str, ...]:
-        if action in ("NOT_VISIBLE", "NOT_APPLICABLE"):
-            if values:
-                raise ReviewError(422, "values_with_action", f"{name}: {action} takes no values")
-            return ()
-        if not values:
-            raise ReviewError(422, "no_values", f"{name}: {action} needs a value")
-        if attribute is None:
-            raise ReviewError(422, "unknown_attribute", f"{name} is not in the taxonomy of this listing's group")
-        if len(values) > 1 and not attribute.multi_label:
-            raise ReviewError(422, "single_value", f"{name} takes one value, not {len(values)}")
-        try:
-            return tuple(dict.fromkeys(attribute.canonical(v) for v in values))
-        except UnknownValueError as exc:
-            raise ReviewError(422, "unknown_value", f"{name}: {exc}") from exc
-
-    @staticmethod
-    def _attributes_after(item: ReviewItem, decisions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """The listing's attribute set after the decision: kept model values plus the reviewer's."""
-        decided = {d["name"] for d in decisions}
-        out = [dict(a) for a in item.accepted if a["name"] not in decided]
-        for d in decisions:
-            declared = item.declared(d["name"])
-            declared_set = set(declared.split("|")) if declared else set()
-            for value in d["values"]:
-                out.append(
-                    {
-                        "name": d["name"],
-                        "value": value,
-                        "confidence": 1.0,
-                        "source": "HUMAN",
-                        "declared_value": declared,
-                        "conflicts_with_declared": bool(declared_set) and value not in declared_set,
-                    }
-                )
-        return out
 
     def _count(self, item: ReviewItem, decisions: Sequence[Mapping[str, Any]]) -> None:
         self.metrics.decisions.inc()
@@ -532,35 +450,4 @@ class ReviewService:
         self.metrics.pending.set(await self.store.depth())
 
 
-def check_reviewer(reviewer: str | None) -> str:
-    """A reviewer id: 1-128 printable characters."""
-    if not reviewer or not REVIEWER.match(reviewer):
-        raise ReviewError(401, "no_reviewer", "who is reviewing? log in (or the auth proxy must set the header)")
-    return reviewer
-
-
-def _decision_id(body: Mapping[str, Any]) -> str:
-    decision_id = str(body.get("decision_id") or "")
-    if not DECISION_ID.match(decision_id):
-        raise ReviewError(
-            422, "bad_decision_id", "decision_id is required: 1-128 characters of letters, digits and ._:-"
-        )
-    return decision_id
-
-
-def _values(raw: Any) -> list[str]:
-    if raw is None:
-        return []
-    if isinstance(raw, str):
-        return [raw]
-    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
-        raise ReviewError(422, "bad_values", "values is a list of strings")
-    return list(raw)
-
-
-def _listing_ids(raw: Any) -> list[str]:
-    if not raw:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
-        raise ReviewError(422, "bad_apply_to", "apply_to is a list of listing ids")
-    return list(dict.fromkeys(raw))[:PAGE_LIMIT]
+__all__ = ["ReviewError", "ReviewService", "check_reviewer"]
