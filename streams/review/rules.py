@@ -9,7 +9,7 @@ from typing import Any
 
 from streams.errors import SwatchError
 from streams.review.items import ReviewItem
-from tagger.taxonomy import Attribute, Taxonomy, UnknownValueError
+from tagger.taxonomy import NOT_VISIBLE, Attribute, Taxonomy, UnknownValueError
 
 ACTIONS = ("CONFIRMED", "CORRECTED", "NOT_VISIBLE", "NOT_APPLICABLE")
 DECISION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -81,14 +81,25 @@ def _canonical(attribute: Attribute | None, name: str, action: str, values: list
         raise ReviewError(422, "unknown_value", f"{name}: {exc}") from exc
 
 
-def attributes_after(item: ReviewItem, decisions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The listing's attribute set after a decision: the model's values kept, the reviewer's added (``HUMAN``)."""
+def attributes_after(
+    taxonomy: Taxonomy, item: ReviewItem, decisions: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The listing's attribute set after a decision: the model's values kept, the reviewer's added (``HUMAN``).
+
+    "Not visible" becomes the value ``not_visible`` where the taxonomy has it for the attribute (as
+    the model would say it); "not applicable", and "not visible" elsewhere, leave the attribute out.
+    """
+    group = taxonomy.groups.get(item.group or "")
     decided = {d["name"] for d in decisions}
     out = [dict(a) for a in item.accepted if a["name"] not in decided]
     for d in decisions:
         declared = item.declared(d["name"])
         declared_set = set(declared.split("|")) if declared else set()
-        for value in d["values"]:
+        values = list(d["values"])
+        attribute = group.attributes.get(d["name"]) if group else None
+        if d["action"] == "NOT_VISIBLE" and attribute is not None and attribute.not_visible:
+            values = [NOT_VISIBLE]
+        for value in values:
             out.append(
                 {
                     "name": d["name"],

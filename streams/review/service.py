@@ -327,7 +327,7 @@ class ReviewService:
         attribute_event_id = None
         if not stale:
             event = human_attribute_event(
-                item.request, record, attributes_after(item, decisions), event_id_from=record["event_id"]
+                item.request, record, attributes_after(self.taxonomy, item, decisions), event_id_from=record["event_id"]
             )
             await self.publisher.send(topics.attributes, "attribute_event", listing_id, event)
             attribute_event_id = event["event_id"]
