@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REVIEWER_COOKIE = "swatch_reviewer"
-SWEEP_INTERVAL_S = 5.0
+SWEEP_INTERVAL_S = 2.0  # lease expiries counted and queue gauges refreshed this often
 IMAGE_CACHE = 256
 
 
@@ -118,7 +118,8 @@ class ReviewApp:
         self._gradcams: dict[tuple[str, str, int], bytes] = {}
         self.redis = aioredis.from_url(self.redis_url, socket_timeout=5)
         prefix = f"{settings.review.key_prefix}{settings.topics.review}:"
-        self.store = ReviewStore(self.redis, prefix)
+        published = f"{settings.redis.version_prefix}{settings.topics.attributes}:"  # the worker's version store
+        self.store = ReviewStore(self.redis, prefix, published)
         self.publisher: Publisher | None = None
         self.service: ReviewService | None = None
         self.fetcher = ImageFetcher(settings.fetch)
@@ -213,21 +214,20 @@ class ReviewApp:
         item = ReviewItem.of(record)
         stored = await self.store.upsert(item)
         self.metrics.requests.labels("queued" if stored else "superseded").inc()
-        await self._refresh()
 
     async def on_listing(self, event: Any) -> None:
-        """A listing event: a newer version supersedes the pending item, a delete removes it."""
-        if event.value is None:
+        """A listing event: a newer version supersedes the pending item, a delete removes it.
+
+        Most listings have nothing pending: those cost one Redis EXISTS and are not decoded (a late
+        review request for an older version is refused by the worker's version store instead).
+        """
+        key = event.message.key
+        if event.value is None or not key or not await self.store.pending(key.decode("utf-8", "replace")):
             return
         record = await asyncio.to_thread(self.codec.decode, "listing_event", event.value)
         deleted = record.get("operation") == "DELETE"
         if await self.store.supersede(record["listing_id"], int(record["listing_version"]), deleted=deleted):
             self.metrics.removed.labels("deleted" if deleted else "newer").inc()
-            await self._refresh()
-
-    async def _refresh(self) -> None:
-        if self.service is not None:
-            await self.service.refresh_depth()
 
     async def _dead_letter(self, message: Any, reason: str, exc: BaseException) -> None:
         self.metrics.invalid.labels(message.topic).inc()

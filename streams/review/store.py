@@ -13,7 +13,8 @@ Keys, under ``<prefix><review topic>:`` so deployments sharing a Redis stay apar
   and ``idxkeys`` (every index set, for the counts); ``itemidx:<listing>`` (the sets an item is in);
   ``hash:<sha256>``: pending listings showing that image;
 - ``ver:<listing>``: the highest listing version seen (a delete at version v stores v + 0.5, so a
-  late review request for v is refused and v + 1 is accepted);
+  late review request for v is refused and v + 1 is accepted); a request is also refused when a
+  worker has published a newer version (the worker's version store, read in the same script);
 - ``lease:<listing>`` (reviewer, with a TTL) and ``leases`` (sorted set by expiry, to count
   expiries exactly once across replicas);
 - ``token:<decision id>``: a decision's answer, so a repeated submission is answered, not applied
@@ -34,18 +35,20 @@ import redis.asyncio as aioredis
 from streams.review.items import ReviewItem
 
 # KEYS: none (names are built from ARGV[1], the prefix). ARGV: prefix, listing, version, item json,
-# priority, index names... Returns 1 when stored, 0 when an equal-or-newer state is already known.
+# priority, the worker's published-version key, index names... Returns 1 when stored, 0 when a newer
+# version is known here (a newer request, a listing event, a delete) or was published by a worker.
 _UPSERT = """
 local p, id, version = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = tonumber(redis.call('GET', p .. 'ver:' .. id) or '-1')
 if version < known then return 0 end
+if version < tonumber(redis.call('GET', ARGV[6]) or '-1') then return 0 end
 local old = redis.call('SMEMBERS', p .. 'itemidx:' .. id)
 for _, key in ipairs(old) do redis.call('SREM', key, id) end
 redis.call('DEL', p .. 'itemidx:' .. id)
 redis.call('SET', p .. 'item:' .. id, ARGV[4])
 redis.call('SET', p .. 'ver:' .. id, ARGV[3])
 redis.call('ZADD', p .. 'queue', tonumber(ARGV[5]), id)
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local key = p .. ARGV[i]
   redis.call('SADD', key, id)
   redis.call('SADD', p .. 'itemidx:' .. id, key)
@@ -153,9 +156,11 @@ class QueueFilter:
 class ReviewStore:
     """Every Redis operation of the review service (see the module docstring for the keys)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, published_prefix: str = "") -> None:
+        """``published_prefix`` + listing id is the worker's last published version of a listing."""
         self.client = client
         self.prefix = prefix
+        self.published_prefix = published_prefix
         self._upsert = client.register_script(_UPSERT)
         self._supersede = client.register_script(_SUPERSEDE)
         self._remove = client.register_script(_REMOVE)
@@ -174,7 +179,7 @@ class ReviewStore:
         indexes = [f"idx:{n}" for n in item.index_names()]
         indexes += [f"idx:hash:{h}" for h in dict.fromkeys(item.usable_hashes)]
         args: list[str | int | float] = [self.prefix, item.listing_id, item.version, item.dumps(), item.priority]
-        args += indexes
+        args += [self.published_prefix + item.listing_id, *indexes]
         return bool(await self._upsert(args=args))
 
     async def supersede(self, listing_id: str, version: int, *, deleted: bool) -> bool:
@@ -185,6 +190,10 @@ class ReviewStore:
     async def remove(self, listing_id: str, version: int) -> bool:
         """Take a decided item out of the queue, unless a newer version replaced it meanwhile."""
         return bool(await self._remove(args=[self.prefix, listing_id, version]))
+
+    async def pending(self, listing_id: str) -> bool:
+        """Whether the listing has a pending item (one round trip, nothing decoded)."""
+        return bool(await self.client.exists(self.key(f"item:{listing_id}")))
 
     async def get(self, listing_id: str) -> ReviewItem | None:
         """The pending item of a listing."""

@@ -112,6 +112,17 @@ def test_a_newer_version_replaces_the_older_item_and_a_late_old_one_is_ignored(
     assert service.api.get("/api/items/V-1")["item"]["version"] == 2
 
 
+def test_a_request_older_than_what_a_worker_published_is_refused(
+    settings: Settings, service: ReviewProcess, redis_url: str
+) -> None:
+    redis.Redis.from_url(redis_url).set(f"{settings.redis.version_prefix}{settings.topics.attributes}:W-1", 4)
+    submit(settings, request_record("W-1", 3), request_record("W-marker", 1))
+    wait_for(queued(service, "W-marker"), what="the marker")
+    assert service.api.call("GET", "/api/items/W-1")[0] == 404
+    submit(settings, request_record("W-1", 4))
+    wait_for(queued(service, "W-1", 4), what="the request for the published version")
+
+
 def test_a_delete_or_a_newer_listing_takes_the_item_out(settings: Settings, service: ReviewProcess) -> None:
     submit(settings, request_record("D-1", 3), request_record("D-2", 1))
     wait_for(queued(service, "D-1"), what="D-1")
