@@ -184,6 +184,8 @@ def review_env(settings: Settings) -> dict[str, str]:
     )
     if settings.model.dir:
         env["SWATCH_MODEL_DIR"] = str(settings.model.dir)
+    if settings.registry.url:
+        env["SWATCH_REGISTRY_URL"] = settings.registry.url
     return env
 
 
