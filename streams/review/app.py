@@ -12,7 +12,6 @@ reason (undecodable or invalid); the agent never stops on one.
 from __future__ import annotations
 
 import asyncio
-import io
 import ipaddress
 import logging
 import ssl
@@ -26,16 +25,16 @@ from faust.web.drivers.aiohttp import Web as FaustWeb
 
 from streams.codec import Codec
 from streams.config import Settings
-from streams.errors import DecodeError, SwatchError
+from streams.errors import DecodeError, SwatchError, TransientError
 from streams.events import Original, dead_letter, error_text, qualified_name
-from streams.images import ImageFetcher
+from streams.review.api import JsonApi
 from streams.review.items import ReviewItem
 from streams.review.metrics import ReviewMetrics
 from streams.review.pages import add_pages
 from streams.review.publish import Publisher, PublishError
-from streams.review.service import ReviewError, ReviewService, check_reviewer
-from streams.review.store import QueueFilter, ReviewStore
-from tagger.errors import TaggerError
+from streams.review.service import ReviewService
+from streams.review.store import ReviewStore
+from streams.review.visuals import Visuals
 from tagger.taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
@@ -44,6 +43,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REVIEWER_COOKIE = "swatch_reviewer"
+RETRY_FIRST_S = 0.5  # first wait of an event whose registry, Redis or broker is away
+RETRY_MAX_S = 10.0
 SWEEP_INTERVAL_S = 2.0  # lease expiries counted and queue gauges refreshed this often
 IMAGE_CACHE = 256
 
@@ -112,17 +113,13 @@ class ReviewApp:
             )
         self.metrics = ReviewMetrics()
         self.codec = Codec.from_settings(settings.registry)
-        self.predictor = predictor
-        self._predictor_loaded = predictor is not None
-        self._images: dict[tuple[str, int], tuple[bytes, str]] = {}
-        self._gradcams: dict[tuple[str, str, int], bytes] = {}
         self.redis = aioredis.from_url(self.redis_url, socket_timeout=5)
         prefix = f"{settings.review.key_prefix}{settings.topics.review}:"
         published = f"{settings.redis.version_prefix}{settings.topics.attributes}:"  # the worker's version store
         self.store = ReviewStore(self.redis, prefix, published)
         self.publisher: Publisher | None = None
         self.service: ReviewService | None = None
-        self.fetcher = ImageFetcher(settings.fetch)
+        self.visuals = Visuals(settings, self.store, predictor)
         self._starting = asyncio.Lock()
         self.faust = self._faust_app()
 
@@ -168,7 +165,9 @@ class ReviewApp:
         app.agent(listings, name="listing-versions")(on_listings)
         app.task(self._sweeper)
         app.hooks = (self.start, self.close)
-        self._routes(cast("_ReviewWeb", app.web).web_app)
+        web_app = cast("_ReviewWeb", app.web).web_app
+        JsonApi(self).add_routes(web_app)
+        add_pages(web_app, self)
         return app
 
     async def start(self) -> None:
@@ -179,14 +178,14 @@ class ReviewApp:
 
     async def _start(self) -> None:
         self.publisher = Publisher(self.settings, self.codec, self.bootstrap)
-        await self.fetcher.start()
+        await self.visuals.start()
         taxonomy = self._taxonomy()
         self.service = ReviewService(self.settings, self.store, self.publisher, taxonomy, self.metrics)
         await self.service.refresh_depth()
 
     def _taxonomy(self) -> Taxonomy:
-        if self.predictor is not None:
-            return self.predictor.taxonomy
+        if self.visuals.predictor is not None:
+            return self.visuals.predictor.taxonomy
         return load_taxonomy()
 
     async def close(self) -> None:
@@ -194,19 +193,49 @@ class ReviewApp:
         if self.publisher is not None:
             await asyncio.to_thread(self.publisher.close)
             self.publisher = None
-        await self.fetcher.close()
+        await self.visuals.close()
         await self.redis.aclose()
 
     async def guarded(self, handle: Callable[[Any], Awaitable[None]], event: Any) -> None:
-        """Apply one event; an undecodable or invalid one becomes a dead letter, never a stopped agent."""
+        """Apply one event: every event ends applied or as a dead letter; the agent never crashes past one.
+
+        An undecodable or invalid event is dead-lettered; a bug (any other exception) too, as
+        ``internal_error``. A registry, Redis or broker that is away is waited for: the event is
+        retried with backoff and the agent does not move on (Faust would skip an event it crashed on).
+        """
         message = event.message
-        await self.start()
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self.start()
+                await self._apply_or_dead_letter(handle, event)
+                return
+            except (TransientError, PublishError, aioredis.RedisError, OSError) as exc:
+                self.metrics.retries.labels(message.topic).inc()
+                logger.warning(
+                    "%s[%d]@%d waits (retry in %.1f s): %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _apply_or_dead_letter(self, handle: Callable[[Any], Awaitable[None]], event: Any) -> None:
+        message = event.message
         try:
             await handle(event)
         except DecodeError as exc:
             await self._dead_letter(message, exc.reason, exc)
         except (KeyError, TypeError, ValueError) as exc:
             await self._dead_letter(message, "invalid_event", exc)
+        except (TransientError, PublishError, aioredis.RedisError, OSError):
+            raise
+        except Exception as exc:  # a bug must not lose the event: dead-letter it and go on
+            logger.exception("internal error on %s[%d]@%d", message.topic, message.partition, message.offset)
+            await self._dead_letter(message, "internal_error", exc)
 
     async def on_review(self, event: Any) -> None:
         """A review request: queue it (latest version per listing) unless a newer version is known."""
@@ -263,254 +292,6 @@ class ReviewApp:
         if self.settings.review.behind_proxy:
             return header
         return header or request.cookies.get(REVIEWER_COOKIE)
-
-    def _service(self) -> ReviewService:
-        if self.service is None:
-            raise ReviewError(503, "starting", "the review service is still starting")
-        return self.service
-
-    def _routes(self, app: web.Application) -> None:
-        api = self._api
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/api/queue", api(self._queue))
-        app.router.add_get("/api/counts", api(self._counts))
-        app.router.add_get("/api/taxonomy", api(self._taxonomy_json))
-        app.router.add_post("/api/next", api(self._next))
-        app.router.add_get("/api/bulk", api(self._bulk))
-        app.router.add_post("/api/bulk/accept", api(self._bulk_accept))
-        app.router.add_post("/api/undo", api(self._undo))
-        app.router.add_get("/api/items/{listing_id}", api(self._item))
-        app.router.add_get("/api/items/{listing_id}/history", api(self._history))
-        app.router.add_post("/api/items/{listing_id}/claim", api(self._claim))
-        app.router.add_post("/api/items/{listing_id}/heartbeat", api(self._claim))
-        app.router.add_post("/api/items/{listing_id}/release", api(self._release))
-        app.router.add_post("/api/items/{listing_id}/skip", api(self._skip))
-        app.router.add_post("/api/items/{listing_id}/accept", api(self._accept))
-        app.router.add_post("/api/items/{listing_id}/decision", api(self._decide))
-        app.router.add_get("/api/items/{listing_id}/images/{index}", self._image)
-        app.router.add_get("/api/items/{listing_id}/gradcam/{attribute}", self._gradcam)
-        add_pages(app, self)
-
-    def _api(
-        self, handler: Callable[[web.Request], Awaitable[Any]]
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def wrapped(request: web.Request) -> web.Response:
-            if self.settings.review.behind_proxy and not self.reviewer_of(request):
-                return _error(401, "no_reviewer", f"the auth proxy must set {self.settings.review.reviewer_header}")
-            try:
-                return web.json_response(await handler(request))
-            except ReviewError as exc:
-                return _error(exc.status, exc.code, str(exc))
-            except PublishError as exc:
-                self.metrics.errors.labels(handler.__name__.strip("_")).inc()
-                return _error(503, "publish_failed", f"{exc}; nothing was decided, retry with the same decision_id")
-            except (aioredis.RedisError, OSError) as exc:
-                self.metrics.errors.labels(handler.__name__.strip("_")).inc()
-                return _error(503, "redis_unavailable", f"the review queue is unavailable: {exc}")
-
-        return wrapped
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise ReviewError(400, "bad_json", f"the body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise ReviewError(400, "bad_json", "the body is a JSON object")
-        return body
-
-    def _me(self, request: web.Request) -> str:
-        return check_reviewer(self.reviewer_of(request))
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        try:
-            ready = self.service is not None and bool(await self.redis.ping())
-        except (aioredis.RedisError, OSError):
-            ready = False
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain")
-
-    async def _queue(self, request: web.Request) -> Any:
-        q = request.query
-        return await self._service().queue(
-            queue_filter(q), self.reviewer_of(request), offset=_int(q.get("offset"), 0), limit=_int(q.get("limit"), 50)
-        )
-
-    async def _counts(self, request: web.Request) -> Any:
-        return {"depth": await self.store.depth(), "counts": await self.store.counts()}
-
-    async def _taxonomy_json(self, request: web.Request) -> Any:
-        return self._service().taxonomy.to_dict()
-
-    async def _next(self, request: web.Request) -> Any:
-        body = await self._body(request)
-        claimed = await self._service().next(self._me(request), queue_filter(body))
-        if claimed is None:
-            raise ReviewError(404, "queue_empty", "nothing left to review with these filters")
-        return claimed
-
-    async def _bulk(self, request: web.Request) -> Any:
-        return {"items": await self._service().bulk_candidates(queue_filter(request.query))}
-
-    async def _bulk_accept(self, request: web.Request) -> Any:
-        body = await self._body(request)
-        entries = body.get("items")
-        if not isinstance(entries, list):
-            raise ReviewError(422, "no_items", "items is a list of {listing_id, version, decision_id}")
-        return {"results": await self._service().bulk_accept(self._me(request), entries)}
-
-    async def _undo(self, request: web.Request) -> Any:
-        return await self._service().undo(self._me(request))
-
-    async def _item(self, request: web.Request) -> Any:
-        return await self._service().item(request.match_info["listing_id"])
-
-    async def _history(self, request: web.Request) -> Any:
-        return {"history": await self._service().history(request.match_info["listing_id"])}
-
-    async def _claim(self, request: web.Request) -> Any:
-        return await self._service().claim(request.match_info["listing_id"], self._me(request))
-
-    async def _release(self, request: web.Request) -> Any:
-        return await self._service().release(request.match_info["listing_id"], self._me(request))
-
-    async def _skip(self, request: web.Request) -> Any:
-        return await self._service().skip(request.match_info["listing_id"], self._me(request))
-
-    async def _accept(self, request: web.Request) -> Any:
-        body = await self._body(request)
-        return await self._service().accept(request.match_info["listing_id"], self._me(request), body)
-
-    async def _decide(self, request: web.Request) -> Any:
-        body = await self._body(request)
-        return await self._service().decide(request.match_info["listing_id"], self._me(request), body)
-
-    # -- images and Grad-CAM ---------------------------------------------------------------------
-
-    async def image_bytes(self, listing_id: str, index: int) -> tuple[bytes, str]:
-        """An image of a pending listing, fetched through the SSRF-safe fetcher (the browser never fetches it)."""
-        key = (listing_id, index)
-        if key in self._images:
-            return self._images[key]
-        item = await self.store.get(listing_id)
-        if item is None or not 0 <= index < len(item.images):
-            raise ReviewError(404, "no_image", f"{listing_id} has no image {index}")
-        result = await self.fetcher.fetch(item.images[index]["url"])
-        if result.data is None:
-            raise ReviewError(502, "fetch_failed", f"{result.outcome.value}: {result.reason}")
-        kind = (result.image_format or "octet-stream").lower()
-        answer = (result.data, f"image/{kind}" if result.image_format else "application/octet-stream")
-        self._images[key] = answer
-        while len(self._images) > IMAGE_CACHE:
-            self._images.pop(next(iter(self._images)))
-        return answer
-
-    async def _image(self, request: web.Request) -> web.StreamResponse:
-        try:
-            data, kind = await self.image_bytes(request.match_info["listing_id"], _int(request.match_info["index"], -1))
-        except ReviewError as exc:
-            return _error(exc.status, exc.code, str(exc))
-        return web.Response(body=data, content_type=kind, headers={"Cache-Control": "private, max-age=300"})
-
-    async def _gradcam(self, request: web.Request) -> web.StreamResponse:
-        listing_id = request.match_info["listing_id"]
-        attribute = request.match_info["attribute"].removesuffix(".png")
-        index = _int(request.query.get("image"), 0)
-        try:
-            png = await self.gradcam_png(listing_id, attribute, index, request.query.get("value"))
-        except ReviewError as exc:
-            return _error(exc.status, exc.code, str(exc))
-        return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "private, max-age=300"})
-
-    async def gradcam_png(self, listing_id: str, attribute: str, index: int, value: str | None = None) -> bytes:
-        """The Grad-CAM overlay of ``attribute`` on the listing's image (the model under review must be loaded)."""
-        key = (listing_id, f"{attribute}={value}", index)
-        if key in self._gradcams:
-            return self._gradcams[key]
-        if not self.settings.review.explain:
-            raise ReviewError(404, "explain_off", "Grad-CAM is switched off (SWATCH_REVIEW_EXPLAIN=false)")
-        item = await self.store.get(listing_id)
-        if item is None:
-            raise ReviewError(404, "not_pending", f"{listing_id} has no pending review")
-        predictor = await self._load_predictor()
-        if predictor is None or predictor.model_id != item.model_id:
-            loaded = predictor.model_id if predictor else "none"
-            raise ReviewError(404, "model_not_loaded", f"model {item.model_id} is not loaded here ({loaded} is)")
-        data, _ = await self.image_bytes(listing_id, index)
-        png = await asyncio.to_thread(_explain_png, predictor, data, item.group, attribute, value)
-        self._gradcams[key] = png
-        while len(self._gradcams) > IMAGE_CACHE:
-            self._gradcams.pop(next(iter(self._gradcams)))
-        return png
-
-    async def _load_predictor(self) -> Predictor | None:
-        if not self._predictor_loaded:
-            self._predictor_loaded = True
-            from tagger.predict import Predictor  # torch and Grad-CAM load only when an overlay is asked for
-
-            try:
-                self.predictor = await asyncio.to_thread(
-                    Predictor.load, self.settings.model.dir, self.settings.model.device
-                )
-            except (SwatchError, OSError, RuntimeError) as exc:
-                logger.warning("no Grad-CAM: the model could not be loaded: %s", exc)
-        return self.predictor
-
-
-def _explain_png(predictor: Predictor, data: bytes, group: str | None, attribute: str, value: str | None) -> bytes:
-    from tagger.explain import explain
-
-    head = f"{group}.{attribute}" if group else attribute
-    try:
-        [explanation] = explain(predictor, data, [head], group=group, value=value)
-    except (TaggerError, ValueError) as exc:
-        raise ReviewError(422, "explain_failed", str(exc)) from exc
-    out = io.BytesIO()
-    explanation.overlay().save(out, "PNG")
-    return out.getvalue()
-
-
-def queue_filter(source: Any) -> QueueFilter:
-    """A queue filter from query parameters or a JSON body (``reason``, ``attribute``, ``group``, confidences)."""
-
-    def text(name: str) -> str | None:
-        value = source.get(name)
-        return str(value) if value not in (None, "") else None
-
-    def number(name: str) -> float | None:
-        value = text(name)
-        try:
-            return None if value is None else float(value)
-        except ValueError as exc:
-            raise ReviewError(400, "bad_filter", f"{name} must be a number, not {value!r}") from exc
-
-    return QueueFilter(
-        reason=text("reason"),
-        attribute=text("attribute"),
-        group=text("group"),
-        min_confidence=number("min_confidence"),
-        max_confidence=number("max_confidence"),
-    )
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
 
 
 def _credentials(settings: Settings) -> Any:

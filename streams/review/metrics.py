@@ -38,6 +38,12 @@ class ReviewMetrics:
             ["topic"],
             registry=r,
         )
+        self.retries = Counter(
+            "swatch_review_event_retries",
+            "Events retried because the registry, Redis or the broker was away, by topic (the agent waits).",
+            ["topic"],
+            registry=r,
+        )
         self.decisions = Counter(
             "swatch_review_decisions", "Decisions published (rate: decisions per minute).", registry=r
         )

@@ -323,7 +323,7 @@ class Pages:
         )
 
     async def start(self, request: web.Request) -> web.StreamResponse:
-        """"Start reviewing": claim the next item with the queue's filters and open it."""
+        """ "Start reviewing": claim the next item with the queue's filters and open it."""
         reviewer = self.require(request)
         filters = Filters.parse(await request.post())
         claimed = await self.service().next(reviewer, filters.queue)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.codec import Codec
 from streams.config import Settings
-from streams.errors import SwatchError
+from streams.errors import CodecError, SwatchError
 from streams.kafka import producer_config
 
 ACK_TIMEOUT_S = 15.0
@@ -43,8 +44,22 @@ class Publisher:
 
     async def send(self, topic: str, schema: str, key: str, record: dict[str, Any]) -> None:
         """Encode ``record`` as ``schema`` and produce it to ``topic``; returns once acknowledged."""
-        value = await asyncio.to_thread(self._codec.encode, schema, record, topic=topic)
-        await self.send_bytes(topic, key, value)
+        await self.send_all([(topic, schema, key, record)])
+
+    async def send_all(self, records: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Encode every ``(topic, schema, key, record)`` first, then produce them and await every ack.
+
+        Encoding first means a registry that cannot be reached (or refuses a schema) fails the whole
+        call before anything is produced: a decision never goes out half.
+        """
+        encoded = []
+        for topic, schema, key, record in records:
+            try:
+                value = await asyncio.to_thread(self._codec.encode, schema, record, topic=topic)
+            except CodecError as exc:
+                raise PublishError(f"{topic}: cannot encode {schema}: {exc}") from exc
+            encoded.append((topic, key, value))
+        await asyncio.gather(*(self.send_bytes(topic, key, value) for topic, key, value in encoded))
 
     async def send_bytes(self, topic: str, key: str | None, value: bytes) -> None:
         """Produce an encoded value; returns once acknowledged, raises :class:`PublishError` otherwise."""

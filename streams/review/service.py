@@ -243,16 +243,13 @@ class ReviewService:
         """Apply a decision (see the module docstring); ``body["apply_to"]`` lists listings sharing the image."""
         reviewer = check_reviewer(reviewer)
         decision_id = decision_id_of(body)
-        known = await self.store.claim_token(decision_id, self.settings.review.decision_memory_s)
-        if known is not None:
-            if known.get("status") == "in_progress":
-                raise ReviewError(409, "in_progress", f"decision {decision_id} is being applied; retry shortly")
+        known = await self.store.claim_token(decision_id)
+        if known is not None and known.get("status") == "in_progress":
+            raise ReviewError(409, "in_progress", f"decision {decision_id} is being applied; retry shortly")
+        if known is not None and known.get("status") != "retry":
             return {**known, "repeated": True}
-        try:
-            result = await self._decide(listing_id, reviewer, body, decision_id, applied_from=None)
-        except BaseException:
-            await self.store.drop_token(decision_id)
-            raise
+        decided_at = int(known["decided_at"]) if known else now_millis()
+        result = await self._attempt(decision_id, decided_at, listing_id, reviewer, body, applied_from=None)
         await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
         also = []
         for other in listing_ids_of(body.get("apply_to")):
@@ -264,30 +261,61 @@ class ReviewService:
             await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
         return result
 
+    async def _attempt(
+        self,
+        token: str,
+        decided_at: int,
+        listing_id: str,
+        reviewer: str,
+        body: Mapping[str, Any],
+        *,
+        applied_from: str | None,
+    ) -> dict[str, Any]:
+        """One try of a decision under a claimed token.
+
+        A refusal forgets the token (nothing was published). Any other failure (the broker or the
+        registry) may have published part of it, so the token keeps ``decided_at``: the retry
+        builds the same events with the same ids, and consumers drop the duplicates.
+        """
+        try:
+            return await self._decide(listing_id, reviewer, body, token, decided_at, applied_from=applied_from)
+        except ReviewError:
+            await self.store.drop_token(token)
+            raise
+        except BaseException:
+            await self.store.retry_token(token, decided_at)
+            raise
+
     async def _apply_to(
         self, other: str, reviewer: str, body: Mapping[str, Any], decision_id: str, reviewed: str
     ) -> dict[str, Any]:
         """The same answers for another pending listing with the same image (its own decision and events)."""
         token = f"{decision_id}:{other}"[:128]
-        known = await self.store.claim_token(token, self.settings.review.decision_memory_s)
-        if known is not None:
+        known = await self.store.claim_token(token)
+        if known is not None and known.get("status") == "in_progress":
+            return {"listing_id": other, "status": "refused", "code": "in_progress", "error": "being applied"}
+        if known is not None and known.get("status") != "retry":
             return {**known, "repeated": True}
+        decided_at = int(known["decided_at"]) if known else now_millis()
         try:
             item = await self._pending(other)
-            result = await self._decide(
-                other, reviewer, {**body, "version": item.version}, token, applied_from=reviewed
+            result = await self._attempt(
+                token, decided_at, other, reviewer, {**body, "version": item.version}, applied_from=reviewed
             )
         except ReviewError as exc:
-            await self.store.drop_token(token)
             return {"listing_id": other, "status": "refused", "code": exc.code, "error": str(exc)}
-        except BaseException:
-            await self.store.drop_token(token)
-            raise
         await self.store.finish_token(token, result, self.settings.review.decision_memory_s)
         return result
 
     async def _decide(
-        self, listing_id: str, reviewer: str, body: Mapping[str, Any], token: str, *, applied_from: str | None
+        self,
+        listing_id: str,
+        reviewer: str,
+        body: Mapping[str, Any],
+        token: str,
+        decided_at: int,
+        *,
+        applied_from: str | None,
     ) -> dict[str, Any]:
         item = await self._pending(listing_id)
         version = body.get("version")
@@ -316,21 +344,22 @@ class ReviewService:
             )
         comment = body.get("comment")
         comment = str(comment)[:MAX_COMMENT] if comment else None
-        decided_at = now_millis()
         record = review_decision(
             item.request, reviewer, decisions, decided_at=decided_at, comment=comment, applied_from=applied_from
         )
         last = await self.versions.last(listing_id)
         stale = last is not None and last > item.version
         topics = self.settings.topics
-        await self.publisher.send(topics.decisions, "review_decision", listing_id, record)
+        outputs = [(topics.decisions, "review_decision", listing_id, record)]
         attribute_event_id = None
         if not stale:
             event = human_attribute_event(
                 item.request, record, attributes_after(self.taxonomy, item, decisions), event_id_from=record["event_id"]
             )
-            await self.publisher.send(topics.attributes, "attribute_event", listing_id, event)
+            outputs.append((topics.attributes, "attribute_event", listing_id, event))
             attribute_event_id = event["event_id"]
+        await self.publisher.send_all(outputs)
+        if not stale:
             await self.versions.record(listing_id, item.version, self.settings.redis.ttl_s)
         else:
             self.metrics.stale_decisions.inc()
@@ -406,17 +435,18 @@ class ReviewService:
     async def _undo(self, reviewer: str, entry: dict[str, Any]) -> dict[str, Any]:
         item = ReviewItem(entry["request"])
         listing_id = item.listing_id
-        now = now_millis()
+        now = entry.setdefault("undo_at", now_millis())  # a retried undo builds the same events, same ids
         record = review_decision(item.request, reviewer, [], decided_at=now, undoes=entry["decision_event_id"])
         topics = self.settings.topics
-        await self.publisher.send(topics.decisions, "review_decision", listing_id, record)
+        outputs = [(topics.decisions, "review_decision", listing_id, record)]
         last = await self.versions.last(listing_id)
         restored = entry.get("published") and (last is None or last <= item.version)
         if restored:
             event = human_attribute_event(
                 item.request, None, item.accepted, event_id_from=record["event_id"], review_pending=True
             )
-            await self.publisher.send(topics.attributes, "attribute_event", listing_id, event)
+            outputs.append((topics.attributes, "attribute_event", listing_id, event))
+        await self.publisher.send_all(outputs)
         requeued = await self.store.upsert(item)
         if requeued:
             await self.store.lease(listing_id, reviewer, self._lease_ttl, now)

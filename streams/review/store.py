@@ -118,7 +118,23 @@ end
 return expired
 """
 
+# KEYS: the token. ARGV: the in-progress marker. Returns nil when claimed fresh; the stored state
+# otherwise, and a "retry" state is claimed again (its decided_at kept) in the same step.
+_CLAIM = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', 60)
+  return false
+end
+local state = cjson.decode(raw)
+if state['status'] == 'retry' then
+  redis.call('SET', KEYS[1], cjson.encode({status = 'in_progress', decided_at = state['decided_at']}), 'EX', 60)
+end
+return raw
+"""
+
 HISTORY_KEPT = 50
+RETRY_MEMORY_S = 24 * 3600
 UNDO_KEPT = 20
 SKIP_TTL_S = 3600
 CANDIDATE_LIMIT = 20_000  # items a filtered queue view considers
@@ -167,6 +183,7 @@ class ReviewStore:
         self._lease = client.register_script(_LEASE)
         self._release = client.register_script(_RELEASE)
         self._sweep = client.register_script(_SWEEP)
+        self._claim = client.register_script(_CLAIM)
 
     def key(self, name: str) -> str:
         """A key of this deployment."""
@@ -290,17 +307,19 @@ class ReviewStore:
 
     # -- decisions -------------------------------------------------------------------------------
 
-    async def claim_token(self, decision_id: str, ttl_s: int) -> dict[str, Any] | None:
+    async def claim_token(self, decision_id: str) -> dict[str, Any] | None:
         """Start a decision: None when the id is new (claimed now), else what is known of it.
 
-        A decision already finished answers with its result; one still in progress answers
-        ``{"status": "in_progress"}``.
+        A finished decision answers with its result; one being applied ``{"status": "in_progress"}``;
+        one whose last try failed ``{"status": "retry", "decided_at": ...}``, claimed again now.
         """
-        key = self.key(f"token:{decision_id}")
-        if await self.client.set(key, json.dumps({"status": "in_progress"}), nx=True, ex=60):
-            return None
-        raw = await self.client.get(key)
-        return cast("dict[str, Any]", json.loads(raw)) if raw else {"status": "in_progress"}
+        raw = await self._claim(keys=[self.key(f"token:{decision_id}")], args=[json.dumps({"status": "in_progress"})])
+        return None if raw is None else cast("dict[str, Any]", json.loads(raw))
+
+    async def retry_token(self, decision_id: str, decided_at: int) -> None:
+        """A try failed after it may have published: the retry must reuse ``decided_at`` (same event ids)."""
+        value = json.dumps({"status": "retry", "decided_at": decided_at})
+        await self.client.set(self.key(f"token:{decision_id}"), value, ex=RETRY_MEMORY_S)
 
     async def finish_token(self, decision_id: str, result: dict[str, Any], ttl_s: int) -> None:
         """Remember a decision's result for ``ttl_s``."""

@@ -156,12 +156,6 @@ def test_review_in_registry_mode_decodes_confluent_requests_and_publishes_conflu
 CORRECT_COLOUR = {"attributes": [{"name": "colour", "action": "CORRECTED", "values": ["black"]}]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: the codec's RegistryUnavailableError is not a PublishError, so the decision API "
-    "answers 500 text/plain instead of 503 publish_failed; when only the attributes subject fails, the "
-    "review_decision was already produced and the retry publishes a second one",
-)
 @pytest.mark.parametrize("failing", ["every subject", "the attributes subject"])
 def test_a_registry_outage_fails_the_decision_cleanly_and_a_retry_succeeds(
     settings: Settings, registry: RegistryServer, tmp_path: Any, failing: str
@@ -189,12 +183,6 @@ def test_a_registry_outage_fails_the_decision_cleanly_and_a_retry_succeeds(
     assert [a["event_id"] for _, a in attributes] == [again["attribute_event_id"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: a review request whose schema id is not cached yet, arriving during a registry "
-    "outage, raises RegistryUnavailableError out of ReviewApp.guarded (it catches DecodeError only); faust "
-    "restarts the crashed agent past the event and commits it, so the request is lost (no dead letter)",
-)
 def test_a_review_request_arriving_during_a_registry_outage_is_queued_once_it_is_back(
     settings: Settings, registry: RegistryServer, tmp_path: Any
 ) -> None:
