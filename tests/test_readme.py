@@ -22,9 +22,12 @@ def test_readme_documents_every_topic_and_the_two_commands() -> None:
 
 def test_readme_documents_every_metric() -> None:
     from streams.metrics import WorkerMetrics
+    from streams.review.metrics import ReviewMetrics
 
     names = [
-        metric.name + ("_total" if metric.type == "counter" else "") for metric in WorkerMetrics().registry.collect()
+        metric.name + ("_total" if metric.type == "counter" else "")
+        for metrics in (WorkerMetrics(), ReviewMetrics())
+        for metric in metrics.registry.collect()
     ]
     missing = [name for name in names if f"`{name}`" not in README]
     assert missing == [], f"add these to the README's metrics table: {missing}"
