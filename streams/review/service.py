@@ -236,19 +236,16 @@ class ReviewService:
             try:
                 results.append(await self.accept(listing_id, reviewer, entry))
             except ReviewError as exc:
-                results.append({"listing_id": listing_id, "status": "refused", "code": exc.code, "error": str(exc)})
+                results.append(_refused(listing_id, exc))
         return results
 
     async def decide(self, listing_id: str, reviewer: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Apply a decision (see the module docstring); ``body["apply_to"]`` lists listings sharing the image."""
         reviewer = check_reviewer(reviewer)
         decision_id = decision_id_of(body)
-        known = await self.store.claim_token(decision_id)
-        if known is not None and known.get("status") == "in_progress":
-            raise ReviewError(409, "in_progress", f"decision {decision_id} is being applied; retry shortly")
-        if known is not None and known.get("status") != "retry":
-            return {**known, "repeated": True}
-        decided_at = int(known["decided_at"]) if known else now_millis()
+        decided_at, known = await self._claim(decision_id)
+        if known is not None:
+            return known
         result = await self._attempt(decision_id, decided_at, listing_id, reviewer, body, applied_from=None)
         await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
         also = []
@@ -260,6 +257,17 @@ class ReviewService:
             result = {**result, "applied_to": also}
             await self.store.finish_token(decision_id, result, self.settings.review.decision_memory_s)
         return result
+
+    async def _claim(self, token: str) -> tuple[int, dict[str, Any] | None]:
+        """Claim a decision id: its time (kept from a failed try) and, for a finished one, its answer."""
+        known = await self.store.claim_token(token)
+        if known is None:
+            return now_millis(), None
+        if known.get("status") == "in_progress":
+            raise ReviewError(409, "in_progress", f"decision {token} is being applied; retry shortly")
+        if known.get("status") == "retry":
+            return int(known["decided_at"]), None
+        return int(known.get("decided_at", 0)), {**known, "repeated": True}
 
     async def _attempt(
         self,
@@ -291,19 +299,20 @@ class ReviewService:
     ) -> dict[str, Any]:
         """The same answers for another pending listing with the same image (its own decision and events)."""
         token = f"{decision_id}:{other}"[:128]
-        known = await self.store.claim_token(token)
-        if known is not None and known.get("status") == "in_progress":
-            return {"listing_id": other, "status": "refused", "code": "in_progress", "error": "being applied"}
-        if known is not None and known.get("status") != "retry":
-            return {**known, "repeated": True}
-        decided_at = int(known["decided_at"]) if known else now_millis()
+        try:
+            decided_at, known = await self._claim(token)
+        except ReviewError as exc:  # being applied by a concurrent request
+            return _refused(other, exc)
+        if known is not None:
+            return known
         try:
             item = await self._pending(other)
             result = await self._attempt(
                 token, decided_at, other, reviewer, {**body, "version": item.version}, applied_from=reviewed
             )
         except ReviewError as exc:
-            return {"listing_id": other, "status": "refused", "code": exc.code, "error": str(exc)}
+            await self.store.drop_token(token)  # nothing was published for this listing
+            return _refused(other, exc)
         await self.store.finish_token(token, result, self.settings.review.decision_memory_s)
         return result
 
@@ -478,6 +487,11 @@ class ReviewService:
         for reason in ("DECLARED_CONFLICT", "LOW_CONFIDENCE", "NO_USABLE_IMAGE"):
             self.metrics.depth.labels(reason).set(counts["reason"].get(reason, 0))
         self.metrics.pending.set(await self.store.depth())
+
+
+def _refused(listing_id: str, exc: ReviewError) -> dict[str, Any]:
+    """One listing's refusal inside a bulk or same-image answer."""
+    return {"listing_id": listing_id, "status": "refused", "code": exc.code, "error": str(exc)}
 
 
 __all__ = ["ReviewError", "ReviewService", "check_reviewer"]

@@ -329,13 +329,17 @@ class ReviewStore:
         """Forget a decision that failed, so a retry applies it."""
         await self.client.delete(self.key(f"token:{decision_id}"))
 
-    async def add_history(self, listing_id: str, entry: dict[str, Any]) -> None:
-        """Append to the listing's decision history (newest first, the last 50)."""
-        key = self.key(f"history:{listing_id}")
+    async def _push_capped(self, name: str, entry: dict[str, Any], kept: int) -> None:
+        """Push ``entry`` on the list ``name`` (newest first) and keep its last ``kept`` entries."""
+        key = self.key(name)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.lpush(key, json.dumps(entry))
-            pipe.ltrim(key, 0, HISTORY_KEPT - 1)
+            pipe.ltrim(key, 0, kept - 1)
             await pipe.execute()
+
+    async def add_history(self, listing_id: str, entry: dict[str, Any]) -> None:
+        """Append to the listing's decision history (newest first, the last 50)."""
+        await self._push_capped(f"history:{listing_id}", entry, HISTORY_KEPT)
 
     async def history(self, listing_id: str) -> list[dict[str, Any]]:
         """The listing's decisions, newest first."""
@@ -344,11 +348,7 @@ class ReviewStore:
 
     async def push_undo(self, reviewer: str, entry: dict[str, Any]) -> None:
         """Remember a decision the reviewer may undo (the last 20)."""
-        key = self.key(f"undo:{reviewer}")
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, json.dumps(entry))
-            pipe.ltrim(key, 0, UNDO_KEPT - 1)
-            await pipe.execute()
+        await self._push_capped(f"undo:{reviewer}", entry, UNDO_KEPT)
 
     async def pop_undo(self, reviewer: str) -> dict[str, Any] | None:
         """The reviewer's last decision, taken off the undo stack."""
