@@ -8,55 +8,22 @@ same request can be sent again.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from streams.config import Settings
-from streams.review.metrics import ReviewMetrics
+from streams.review.host import ReviewHost
 from streams.review.publish import PublishError
 from streams.review.rules import ReviewError, check_reviewer
 from streams.review.service import ReviewService
-from streams.review.store import QueueFilter, ReviewStore
-from streams.review.visuals import Visuals
-
-
-class ApiHost(Protocol):
-    """What the API needs of :class:`streams.review.app.ReviewApp` (a protocol: app.py imports this module)."""
-
-    @property
-    def settings(self) -> Settings:
-        """The service's settings."""
-
-    @property
-    def service(self) -> ReviewService | None:
-        """The review service, None while starting."""
-
-    @property
-    def store(self) -> ReviewStore:
-        """The Redis queue."""
-
-    @property
-    def metrics(self) -> ReviewMetrics:
-        """The service's metrics."""
-
-    @property
-    def redis(self) -> aioredis.Redis:
-        """The Redis client (for readiness)."""
-
-    @property
-    def visuals(self) -> Visuals:
-        """Images and Grad-CAM overlays."""
-
-    def reviewer_of(self, request: web.Request) -> str | None:
-        """Who makes the request."""
+from streams.review.store import QueueFilter
 
 
 class JsonApi:
     """The API's handlers over the host's service."""
 
-    def __init__(self, host: ApiHost) -> None:
+    def __init__(self, host: ReviewHost) -> None:
         self.host = host
 
     def _service(self) -> ReviewService:

@@ -23,7 +23,7 @@ import pytest
 from streams.combine import ImageOutcome
 from streams.config import Settings
 from streams.review import pages
-from streams.review.pages import Filters, ago, percent, query, safe_next, segment
+from streams.review.pages_render import Filters, ago, percent, query, safe_next, segment
 from tests.review.harness import ReviewProcess, low, produce, request_record, review_settings, running_review, wait_for
 
 HOSTILE_TITLE = "<script>alert(1)</script>"
