@@ -20,6 +20,7 @@ from streams.events import human_attribute_event, review_decision
 from streams.review.items import ReviewItem, top_confidence
 from streams.review.metrics import ReviewMetrics
 from streams.review.publish import Publisher
+from streams.review.queue import ReviewQueue
 from streams.review.rules import (
     MAX_COMMENT,
     PAGE_LIMIT,
@@ -30,7 +31,7 @@ from streams.review.rules import (
     decision_id_of,
     listing_ids_of,
 )
-from streams.review.store import QueueFilter, ReviewStore
+from streams.review.store import ReviewStore
 from tagger.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ class VersionLookup:
         await self._store.client.eval(_KEEP_MAX, 1, self.key(listing_id), version, ttl_s)
 
 
-class ReviewService:
-    """The reviewer's operations over the store, the publisher and the taxonomy."""
+class ReviewService(ReviewQueue):
+    """The reviewer's operations: the queue's (reading, leases) and deciding, over the publisher."""
 
     def __init__(
         self,
@@ -75,146 +76,9 @@ class ReviewService:
         taxonomy: Taxonomy,
         metrics: ReviewMetrics,
     ) -> None:
-        self.settings = settings
-        self.store = store
+        super().__init__(settings, store, taxonomy, metrics)
         self.publisher = publisher
-        self.taxonomy = taxonomy
-        self.metrics = metrics
         self.versions = VersionLookup(store, settings.redis.version_prefix, settings.topics.attributes)
-        self._lease_ttl = settings.review.lease_ttl_s
-
-    # -- reading -----------------------------------------------------------------------------------
-
-    async def queue(
-        self, flt: QueueFilter, reviewer: str | None = None, *, offset: int = 0, limit: int = 50
-    ) -> dict[str, Any]:
-        """A page of the queue in review order, with counts for the filters and who holds each item."""
-        limit = max(1, min(limit, PAGE_LIMIT))
-        ids = await self.store.ordered(flt)
-        if flt.min_confidence is not None or flt.max_confidence is not None:
-            items = [i for i in await self.store.get_many(ids) if flt.admits(i)]
-        else:
-            items = await self.store.get_many(ids[offset : offset + limit])
-            total = len(ids)
-        if flt.min_confidence is not None or flt.max_confidence is not None:
-            total = len(items)
-            items = items[offset : offset + limit]
-        holders = await self.store.holders([i.listing_id for i in items])
-        rows = [{**i.summary(), "leased_by": holders.get(i.listing_id)} for i in items]
-        return {
-            "total": total,
-            "depth": await self.store.depth(),
-            "offset": offset,
-            "limit": limit,
-            "items": rows,
-            "counts": await self.store.counts(),
-            "reviewer": reviewer,
-        }
-
-    async def item(self, listing_id: str) -> dict[str, Any]:
-        """Everything the item page shows: the request, taxonomy values per attribute, lease, history."""
-        item = await self._pending(listing_id)
-        group = self.taxonomy.groups.get(item.group or "")
-        attributes = []
-        for u in item.uncertain:
-            attribute = group.attributes.get(u["name"]) if group else None
-            previous, confidence = item.previous(u["name"])
-            attributes.append(
-                {
-                    **u,
-                    "top": previous[0] if previous else None,
-                    "top_confidence": confidence,
-                    "values": list(attribute.values) if attribute else [c["value"] for c in u.get("candidates", [])],
-                    "multi_label": bool(attribute and attribute.multi_label),
-                    "conflict": u.get("reason") == "DECLARED_CONFLICT",
-                }
-            )
-        same = []
-        for content_hash in item.usable_hashes[:1]:
-            same = [i for i in await self.store.sharing_image(content_hash) if i != listing_id]
-        return {
-            "item": item.summary(),
-            "request": item.request,
-            "attributes": attributes,
-            "accepted": item.accepted,
-            "images": item.images,
-            "leased_by": await self.store.holder(listing_id),
-            "history": await self.store.history(listing_id),
-            "same_image": same,
-        }
-
-    async def history(self, listing_id: str) -> list[dict[str, Any]]:
-        """The listing's decisions, newest first (kept after the item left the queue)."""
-        return await self.store.history(listing_id)
-
-    async def bulk_candidates(self, flt: QueueFilter, limit: int = 100) -> list[dict[str, Any]]:
-        """Items that only need a confirmation: low-confidence only, every top candidate at least the bulk bar."""
-        bar = self.settings.review.bulk_min_confidence
-        flt = QueueFilter(reason="LOW_CONFIDENCE", attribute=flt.attribute, group=flt.group, min_confidence=bar)
-        ids = await self.store.ordered(flt)
-        out = []
-        holders = await self.store.holders(ids[: limit * 4])
-        for item in await self.store.get_many(ids[: limit * 4]):
-            if item.reasons == ["LOW_CONFIDENCE"] and flt.admits(item):
-                out.append({**item.summary(), "leased_by": holders.get(item.listing_id), "proposal": self._tops(item)})
-            if len(out) >= limit:
-                break
-        return out
-
-    @staticmethod
-    def _tops(item: ReviewItem) -> dict[str, str | None]:
-        return {u["name"]: (u["candidates"][0]["value"] if u.get("candidates") else None) for u in item.uncertain}
-
-    async def _pending(self, listing_id: str) -> ReviewItem:
-        item = await self.store.get(listing_id)
-        if item is None:
-            raise ReviewError(404, "not_pending", f"listing {listing_id!r} has no pending review")
-        return item
-
-    # -- leases ----------------------------------------------------------------------------------
-
-    async def claim(self, listing_id: str, reviewer: str) -> dict[str, Any]:
-        """Take (or renew: the item page's heartbeat) the lease on an item; 409 when another reviewer holds it."""
-        reviewer = check_reviewer(reviewer)
-        item = await self._pending(listing_id)
-        holder = await self.store.lease(listing_id, reviewer, self._lease_ttl, now_millis())
-        if holder != reviewer:
-            raise ReviewError(409, "leased", f"{listing_id} is being reviewed by {holder}")
-        return {"listing_id": listing_id, "version": item.version, "reviewer": reviewer, "ttl_s": self._lease_ttl}
-
-    async def next(self, reviewer: str, flt: QueueFilter) -> dict[str, Any] | None:
-        """Claim the first item in review order that nobody holds and the reviewer has not skipped."""
-        reviewer = check_reviewer(reviewer)
-        skipped = await self.store.skipped(reviewer)
-        ids = await self.store.ordered(flt)
-        for chunk_start in range(0, len(ids), 100):
-            chunk = [i for i in ids[chunk_start : chunk_start + 100] if i not in skipped]
-            holders = await self.store.holders(chunk)
-            for item in await self.store.get_many(chunk):
-                if holders.get(item.listing_id) not in (None, reviewer) or not flt.admits(item):
-                    continue
-                if await self.store.lease(item.listing_id, reviewer, self._lease_ttl, now_millis()) == reviewer:
-                    return {"listing_id": item.listing_id, "version": item.version, "reviewer": reviewer}
-        return None
-
-    async def skip(self, listing_id: str, reviewer: str) -> dict[str, Any]:
-        """Give the item back for someone else and remember not to offer it to this reviewer for an hour."""
-        reviewer = check_reviewer(reviewer)
-        await self.store.release(listing_id, reviewer)
-        await self.store.skip(listing_id, reviewer)
-        self.metrics.skips.inc()
-        return {"listing_id": listing_id, "skipped": True}
-
-    async def release(self, listing_id: str, reviewer: str) -> dict[str, Any]:
-        """Give the lease back without skipping (the reviewer closed the page)."""
-        return {"listing_id": listing_id, "released": await self.store.release(listing_id, check_reviewer(reviewer))}
-
-    async def sweep(self) -> int:
-        """Count leases that expired (abandoned items); they are free for the next reviewer already."""
-        expired = await self.store.sweep_expired(now_millis())
-        if expired:
-            self.metrics.lease_expiries.inc(expired)
-        return expired
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -480,13 +344,6 @@ class ReviewService:
             "search_restored": bool(restored),
             "requeued": requeued,
         }
-
-    async def refresh_depth(self) -> None:
-        """Set the queue-depth gauges (by reason) from Redis."""
-        counts = await self.store.counts()
-        for reason in ("DECLARED_CONFLICT", "LOW_CONFIDENCE", "NO_USABLE_IMAGE"):
-            self.metrics.depth.labels(reason).set(counts["reason"].get(reason, 0))
-        self.metrics.pending.set(await self.store.depth())
 
 
 def _refused(listing_id: str, exc: ReviewError) -> dict[str, Any]:
