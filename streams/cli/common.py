@@ -81,13 +81,18 @@ def _guarded(action: Callable[[], T]) -> T:
 
 
 def _terminate_as_interrupt() -> None:
-    """Let SIGTERM unwind like Ctrl-C, so context managers stop the embedded servers."""
+    """Let SIGTERM and SIGINT unwind like Ctrl-C, so context managers stop the embedded servers.
+
+    SIGINT is set explicitly: a process started in the background of a script inherits SIGINT
+    ignored, and then Python raises no KeyboardInterrupt, so "until Ctrl-C" would mean forever.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @app.callback()
