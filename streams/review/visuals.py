@@ -106,7 +106,12 @@ class Visuals:
 
 
 def _explain_png(predictor: Predictor, data: bytes, group: str | None, attribute: str, value: str | None) -> bytes:
-    from tagger.explain import explain
+    try:
+        from tagger.explain import explain
+    except ModuleNotFoundError as exc:  # grad-cam or matplotlib: installed without the review extra
+        raise ReviewError(
+            404, "explain_unavailable", f"Grad-CAM needs the review extra (pip install 'swatch[review]'): {exc}"
+        ) from exc
 
     head = f"{group}.{attribute}" if group else attribute
     try:
