@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 import faust
@@ -132,6 +135,7 @@ class ReviewApp:
             broker=[f"kafka://{server}" for server in str(self.bootstrap).split(",")],
             broker_credentials=_credentials(s),
             store="memory://",
+            datadir=_datadir(s.review.group_id),
             web_enabled=True,
             web_bind=s.review.host,
             web_port=s.review.port,
@@ -292,6 +296,15 @@ class ReviewApp:
         if self.settings.review.behind_proxy:
             return header
         return header or request.cookies.get(REVIEWER_COOKIE)
+
+
+def _datadir(group_id: str) -> str:
+    """Faust's data folder: nothing durable is kept there (state is in Redis), so a temporary one.
+
+    Faust's default is ``<app id>-data`` in the working directory, which litters checkouts and
+    fails on a read-only root filesystem; ``FAUST_DATADIR`` (the container image sets it) wins.
+    """
+    return os.environ.get("FAUST_DATADIR") or str(Path(tempfile.gettempdir()) / f"swatch-review-{group_id}")
 
 
 def _credentials(settings: Settings) -> Any:

@@ -195,7 +195,11 @@ def running_review(settings: Settings, log_dir: Path, *, ready_timeout_s: float 
     log = log_dir / f"review-{settings.review.port}.log"
     handle = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streams", "review"], env=review_env(settings), stdout=handle, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "streams", "review"],
+        env=review_env(settings),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=log_dir,  # the service must leave nothing in its working directory
     )
     api = Api(f"http://127.0.0.1:{settings.review.port}")
     running = ReviewProcess(process, api, log)

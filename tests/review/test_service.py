@@ -389,6 +389,7 @@ def test_the_queue_survives_a_restart(settings: Settings, service: ReviewProcess
     with running_review(second, tmp_path) as other:
         assert other.api.get("/api/queue?limit=200")["total"] == before
         assert other.api.get("/api/items/R-1")["item"]["listing_id"] == "R-1"
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [], "Faust's data folder is not in the cwd"
 
 
 def test_it_refuses_a_public_address_without_a_proxy_in_front(settings: Settings) -> None:
