@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
 .PHONY: install demo test lint clean
 
@@ -16,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	@touch $(STAMP)
 
+# checkov (the deploy checks) has a venv of its own: its pins (packaging, networkx) conflict with
+# the project's. Only the tests need it, so `make demo` does not wait for it.
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+
 demo: install
 	$(BIN)/swatch demo
 
@@ -24,7 +32,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint $(CHECKOV)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fault-injection suite at full scale (`make test` runs it short). It names tests/chaos because

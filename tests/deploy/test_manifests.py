@@ -250,7 +250,7 @@ def test_custom_resources_match_their_trimmed_crd_schemas(rendered: dict[str, li
 def _checkov(args: list[str]) -> dict[str, Any]:
     if not CHECKOV.exists():
         _tool_missing(
-            f"checkov not found at {CHECKOV}: `make install` makes its venv (python -m venv .venv/tools/checkov && "
+            f"checkov not found at {CHECKOV}: `make test` makes its venv (python -m venv .venv/tools/checkov && "
             f".venv/tools/checkov/bin/pip install checkov=={CHECKOV_VERSION})"
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BC_", "PRISMA_", "CKV_"))}
