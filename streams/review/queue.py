@@ -29,16 +29,15 @@ class ReviewQueue:
         self, flt: QueueFilter, reviewer: str | None = None, *, offset: int = 0, limit: int = 50
     ) -> dict[str, Any]:
         """A page of the queue in review order, with counts for the filters and who holds each item."""
-        limit = max(1, min(limit, PAGE_LIMIT))
-        ids = await self.store.ordered(flt)
-        if flt.min_confidence is not None or flt.max_confidence is not None:
-            items = [i for i in await self.store.get_many(ids) if flt.admits(i)]
+        limit, offset = max(1, min(limit, PAGE_LIMIT)), max(0, offset)
+        if flt == QueueFilter():  # the whole queue: a page straight from the sorted set, any depth
+            total, items = await self.store.depth(), await self.store.get_many(await self.store.page(offset, limit))
+        elif flt.min_confidence is None and flt.max_confidence is None:
+            ids = await self.store.ordered(flt)
+            total, items = len(ids), await self.store.get_many(ids[offset : offset + limit])
         else:
-            items = await self.store.get_many(ids[offset : offset + limit])
-            total = len(ids)
-        if flt.min_confidence is not None or flt.max_confidence is not None:
-            total = len(items)
-            items = items[offset : offset + limit]
+            matching = [i for i in await self.store.get_many(await self.store.ordered(flt)) if flt.admits(i)]
+            total, items = len(matching), matching[offset : offset + limit]
         holders = await self.store.holders([i.listing_id for i in items])
         rows = [{**i.summary(), "leased_by": holders.get(i.listing_id)} for i in items]
         return {

@@ -229,8 +229,9 @@ class ReviewStore:
         raw = await self.client.get(self.key(f"ver:{listing_id}"))
         return None if raw is None else float(raw)
 
-    async def ordered(self, flt: QueueFilter, limit: int = CANDIDATE_LIMIT) -> list[str]:
-        """Pending listings matching the filter's indexes, in review order."""
+    async def ordered(self, flt: QueueFilter, limit: int | None = None) -> list[str]:
+        """Pending listings matching the filter's indexes, in review order (at most ``CANDIDATE_LIMIT``)."""
+        limit = CANDIDATE_LIMIT if limit is None else limit
         names = flt.index_names()
         if not names:
             return [_text(v) for v in await self.client.zrange(self.key("queue"), 0, limit - 1)]
@@ -241,6 +242,10 @@ class ReviewStore:
         scores = await self.client.zmscore(self.key("queue"), ids)
         ranked = sorted((s, i) for s, i in zip(scores, ids, strict=True) if s is not None)
         return [i for _, i in ranked[:limit]]
+
+    async def page(self, offset: int, limit: int) -> list[str]:
+        """Pending listings ``offset`` to ``offset + limit`` of the whole queue, in review order."""
+        return [_text(v) for v in await self.client.zrange(self.key("queue"), offset, offset + limit - 1)]
 
     async def depth(self) -> int:
         """Pending items."""
