@@ -60,8 +60,18 @@ COALESCE_S = 0.001  # calls arriving within this window share one round trip
 MAX_BATCH = 512  # callers per round trip
 MAX_CONNECTIONS = 16
 
+def version_key_prefix(version_prefix: str, namespace: str = "") -> str:
+    """Prefix of the keys holding each listing's last published version, in a deployment's namespace.
+
+    The namespace is the attribute topic, so deployments sharing a Redis never see each other's
+    versions; the worker's cache and the review service both build their keys here.
+    """
+    return f"{version_prefix}{namespace}:" if namespace else version_prefix
+
+
 # Store the larger version only: concurrent workers never move a listing's version backwards.
-_MAX_VERSION = """
+# KEYS: version keys; ARGV: one version per key, then the TTL in seconds.
+MAX_VERSION_SCRIPT = """
 for i, key in ipairs(KEYS) do
   local current = tonumber(redis.call('GET', key) or '-1')
   if tonumber(ARGV[i]) > current then
@@ -193,9 +203,7 @@ class RedisStore:
 
         Two deployments sharing a Redis with different topics never see each other's versions.
         """
-        if not self.version_namespace:
-            return f"{self.settings.version_prefix}{listing_id}"
-        return f"{self.settings.version_prefix}{self.version_namespace}:{listing_id}"
+        return version_key_prefix(self.settings.version_prefix, self.version_namespace) + listing_id
 
     # -- predictions ----------------------------------------------------------------------------
 
@@ -274,7 +282,7 @@ class RedisStore:
         args = [*versions.values(), self.settings.ttl_s]
 
         async def run(client: aioredis.Redis) -> Any:
-            return await client.eval(_MAX_VERSION, len(keys), *keys, *args)
+            return await client.eval(MAX_VERSION_SCRIPT, len(keys), *keys, *args)
 
         return None if await self._call("version_set", run) is None else {}
 

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from faust.web.drivers.aiohttp import Web as FaustWeb
 
+from streams.cache import version_key_prefix
 from streams.codec import Codec
 from streams.config import Settings
 from streams.errors import DecodeError, SwatchError, TransientError
@@ -118,8 +119,8 @@ class ReviewApp:
         self.codec = Codec.from_settings(settings.registry)
         self.redis = aioredis.from_url(self.redis_url, socket_timeout=5)
         prefix = f"{settings.review.key_prefix}{settings.topics.review}:"
-        published = f"{settings.redis.version_prefix}{settings.topics.attributes}:"  # the worker's version store
-        self.store = ReviewStore(self.redis, prefix, published)
+        published = version_key_prefix(settings.redis.version_prefix, settings.topics.attributes)
+        self.store = ReviewStore(self.redis, prefix, published)  # reads the worker's version store
         self.publisher: Publisher | None = None
         self.service: ReviewService | None = None
         self.visuals = Visuals(settings, self.store, predictor)
@@ -183,14 +184,17 @@ class ReviewApp:
     async def _start(self) -> None:
         self.publisher = Publisher(self.settings, self.codec, self.bootstrap)
         await self.visuals.start()
-        taxonomy = self._taxonomy()
+        taxonomy = await self._taxonomy()
         self.service = ReviewService(self.settings, self.store, self.publisher, taxonomy, self.metrics)
         await self.service.refresh_depth()
 
-    def _taxonomy(self) -> Taxonomy:
+    async def _taxonomy(self) -> Taxonomy:
+        """The taxonomy decisions are checked against: the served model's (SWATCH_MODEL_DIR), as the worker's."""
         if self.visuals.predictor is not None:
             return self.visuals.predictor.taxonomy
-        return load_taxonomy()
+        if self.settings.model.dir is None:
+            return load_taxonomy()  # the demo model's own (tests/tagger/test_demo_model.py checks they agree)
+        return await asyncio.to_thread(_card_taxonomy, self.settings.model.dir)
 
     async def close(self) -> None:
         """Release the producer, fetcher and Redis client."""
@@ -287,6 +291,9 @@ class ReviewApp:
                 await self.service.refresh_depth()
             except (aioredis.RedisError, OSError) as exc:
                 logger.warning("lease sweep failed: %s", exc)
+            except Exception:  # a bug must not end the task unseen: expiries and gauges would freeze
+                logger.exception("lease sweep failed; retrying in %.0f s", SWEEP_INTERVAL_S)
+                self.metrics.errors.labels("sweep").inc()
 
     # -- web -------------------------------------------------------------------------------------
 
@@ -296,6 +303,12 @@ class ReviewApp:
         if self.settings.review.behind_proxy:
             return header
         return header or request.cookies.get(REVIEWER_COOKIE)
+
+
+def _card_taxonomy(model_dir: Path) -> Taxonomy:
+    from tagger.card import read_card  # imports torch (seconds): only when a model directory is configured
+
+    return read_card(model_dir).taxonomy_obj()
 
 
 def _datadir(group_id: str) -> str:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from streams.cache import MAX_VERSION_SCRIPT, version_key_prefix
 from streams.codec import now_millis
 from streams.config import Settings
 from streams.events import human_attribute_event, review_decision
@@ -37,32 +38,25 @@ from tagger.taxonomy import Taxonomy
 logger = logging.getLogger(__name__)
 
 
-_KEEP_MAX = (
-    "local c = tonumber(redis.call('GET', KEYS[1]) or '-1') "
-    "if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end"
-)
-
-
 class VersionLookup:
-    """The worker's record of each listing's last published version (``swatch:ver:...`` in Redis)."""
+    """The worker's record of each listing's last published version, read and kept at its maximum.
 
-    def __init__(self, store: ReviewStore, prefix: str, namespace: str) -> None:
-        self._store = store
-        self._prefix = prefix
-        self._namespace = namespace
+    Same keys and script as the worker's cache (:mod:`streams.cache`), without its fail-open: a
+    decision waits for Redis rather than publish past a version it could not check.
+    """
 
-    def key(self, listing_id: str) -> str:
-        """The same key the worker's cache writes (see :meth:`streams.cache.RedisStore.version_key`)."""
-        return f"{self._prefix}{self._namespace}:{listing_id}"
+    def __init__(self, store: ReviewStore, settings: Settings) -> None:
+        self._client = store.client
+        self._prefix = version_key_prefix(settings.redis.version_prefix, settings.topics.attributes)
 
     async def last(self, listing_id: str) -> int | None:
         """The highest version any worker or reviewer published."""
-        raw = await self._store.client.get(self.key(listing_id))
+        raw = await self._client.get(self._prefix + listing_id)
         return None if raw is None else int(raw)
 
     async def record(self, listing_id: str, version: int, ttl_s: int) -> None:
         """Keep the maximum, as the worker does."""
-        await self._store.client.eval(_KEEP_MAX, 1, self.key(listing_id), version, ttl_s)
+        await self._client.eval(MAX_VERSION_SCRIPT, 1, self._prefix + listing_id, version, ttl_s)
 
 
 class ReviewService(ReviewQueue):
@@ -78,7 +72,7 @@ class ReviewService(ReviewQueue):
     ) -> None:
         super().__init__(settings, store, taxonomy, metrics)
         self.publisher = publisher
-        self.versions = VersionLookup(store, settings.redis.version_prefix, settings.topics.attributes)
+        self.versions = VersionLookup(store, settings)
 
     # -- deciding --------------------------------------------------------------------------------
 

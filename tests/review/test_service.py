@@ -447,3 +447,35 @@ def test_the_item_page_shows_the_image_and_the_grad_cam_of_the_model_under_revie
         status, answer = service.api.call("GET", "/api/items/G-2/gradcam/colour.png")
         assert (status, answer["code"]) == (404, "model_not_loaded")
         assert service.api.call("GET", "/api/items/G-1/images/7")[0] == 404
+
+
+def test_decisions_are_checked_against_the_served_models_taxonomy(settings: Settings, tmp_path: Path) -> None:
+    # A deployment serving its own model (SWATCH_MODEL_DIR) with a colour the default taxonomy lacks
+    import json
+    import shutil
+
+    from tagger.card import DEMO_MODEL_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL_DIR, model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["taxonomy"]["groups"]["apparel"]["attributes"]["colour"]["values"].append("chartreuse")
+    (model / "model_card.json").write_text(json.dumps(card))
+    own = settings.model_copy(
+        update={
+            "model": settings.model.model_copy(update={"dir": model}),
+            "review": settings.review.model_copy(update={"port": free_port(), "group_id": "own-model-review"}),
+        }
+    )
+    with running_review(own, tmp_path) as svc:
+        submit(own, request_record("TX-1"))
+        wait_for(queued(svc, "TX-1"), what="TX-1")
+        status, answer = svc.api.post(
+            "/api/items/TX-1/decision",
+            {
+                "decision_id": "tx-1",
+                "version": 1,
+                "attributes": [{"name": "colour", "action": "CORRECTED", "values": ["chartreuse"]}],
+            },
+        )
+        assert status == 200, answer

@@ -63,3 +63,10 @@ def test_predict_command_uses_the_demo_model(fresh_products: Path) -> None:
     record = json.loads(result.output.splitlines()[0])
     assert record["model_id"] == read_card(DEMO_MODEL_DIR).model_id
     assert record["attributes"]
+
+
+def test_demo_model_taxonomy_is_the_default_taxonomy() -> None:
+    # The review service checks decisions against the default taxonomy when no model is configured.
+    from tagger.taxonomy import load_taxonomy
+
+    assert read_card(DEMO_MODEL_DIR).taxonomy_obj().fingerprint() == load_taxonomy().fingerprint()
