@@ -168,8 +168,8 @@ class ReviewUI:
 
     def __init__(self, settings: Settings, workdir: Path, ready_timeout_s: float = 90.0) -> None:
         port = settings.review.port if _port_free(settings.review.host, settings.review.port) else free_port()
-        run_id = settings.kafka.group_id.rsplit("-", 1)[-1]
-        names = {"group_id": f"swatch-demo-{run_id}-review", "key_prefix": f"swatch-demo-{run_id}:review:"}
+        group = settings.kafka.group_id  # the demo run's own (swatch-demo-<run>)
+        names = {"group_id": f"{group}-review", "key_prefix": f"{group}:review:"}
         review = settings.review.model_copy(update={"port": port, **names})
         self.settings = settings.model_copy(update={"review": review})
         self.url = f"http://{_url_host(review.host)}:{port}"
