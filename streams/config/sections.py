@@ -161,6 +161,11 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Inference device; auto picks CUDA when present."
     )
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Inference runtime: torch, onnx (ONNX Runtime, CPU only) or auto: torch on CUDA, ONNX Runtime "
+        "on the CPU when installed (the faster one in `swatch bench model`), else torch.",
+    )
     threads: int | None = Field(
         None,
         ge=1,
@@ -201,6 +206,20 @@ class FetchSettings(_Section):
         (),
         description="Private networks the SSRF guard lets through, as CIDRs, e.g. '127.0.0.0/8' for a local "
         "image server. Empty: only globally routable addresses.",
+    )
+    url_cache_entries: int = Field(
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="URLs remembered with their content hash and validators (ETag, Last-Modified): a repeated "
+        "URL is revalidated with a conditional GET instead of downloaded again. 0: off.",
+    )
+    url_cache_max_age_s: float = Field(
+        300.0,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="Longest a remembered URL is reused without asking its server, when its Cache-Control "
+        "max-age allows it; 0: always revalidate.",
     )
 
 
