@@ -16,10 +16,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 import torch
+
+from streams.threads import named_pool
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class MicroBatcher(Generic[R]):
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[R]]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="swatch-model")
+        self._executor = named_pool(1, "swatch-model")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -29,6 +29,7 @@ from streams.errors import RegistryUnavailableError
 from streams.images import FetchResult, ImageFetcher
 from streams.kafka import max_message_bytes
 from streams.metrics import WorkerMetrics
+from streams.threads import named_pool
 from streams.tracker import OffsetTracker
 from streams.worker.clients import ConsumerFactory, KafkaClients, ProducerFactory
 from streams.worker.consumer import ConsumerLoop
@@ -121,9 +122,9 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
     images = w.image_source or ImageFetcher(settings.fetch, observer=w)
     await images.start()
     chain.push_async_callback(images.close)
-    decode_pool = ThreadPoolExecutor(settings.worker.preprocess_threads, thread_name_prefix="swatch-decode")
+    decode_pool = named_pool(settings.worker.preprocess_threads, "swatch-decode")
     chain.callback(decode_pool.shutdown, wait=False, cancel_futures=True)
-    registry_pool = ThreadPoolExecutor(1, thread_name_prefix="swatch-registry")
+    registry_pool = named_pool(1, "swatch-registry")
     chain.callback(registry_pool.shutdown, wait=False, cancel_futures=True)
     if not await _prepare_schemas(w, registry_pool):
         return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -21,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from streams.config import Settings
 from streams.errors import SwatchError
 from streams.kafka import consumer_config, producer_config
+from streams.threads import named_pool
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class KafkaClients:
         self.transactional_id = settings.worker.transactional_id
         self._consumer_factory: ConsumerFactory = consumer_factory or Consumer
         self._producer_factory: ProducerFactory = producer_factory or Producer
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="swatch-kafka")
+        self._thread = named_pool(1, "swatch-kafka")
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None

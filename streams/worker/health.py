@@ -30,6 +30,7 @@ from prometheus_client import Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streams.metrics import WorkerMetrics
+from streams.threads import set_os_thread_name
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class HealthServer:
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="swatch-health", daemon=True)
+        self._thread = threading.Thread(target=_serve_named, args=(self._server,), name="swatch-health", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -161,3 +162,8 @@ def _handler(metrics: WorkerMetrics, state: HealthState) -> type[BaseHTTPRequest
             logger.debug("health %s", format % args)
 
     return Handler
+
+
+def _serve_named(server: ThreadingHTTPServer) -> None:
+    set_os_thread_name("swatch-health")  # its request threads inherit the name
+    server.serve_forever()
