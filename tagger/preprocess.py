@@ -9,8 +9,9 @@ production is exactly what it saw in training:
   every colour mode (transparency, CMYK, palette, 1-bit, 16-bit grey) to 8-bit RGB;
 * :func:`letterbox` fits the whole image in a square without cropping (garment length needs the
   whole garment), padding with :attr:`PreprocessConfig.pad_colour`;
-* :func:`to_tensor` makes the normalised float32 CHW tensor (:func:`normalize_uint8` does the same
-  for uint8 tensors, e.g. after training augmentation).
+* :func:`to_tensor` makes the normalised float32 CHW tensor, in numpy (no torch op: it runs in the
+  worker's decode threads); :func:`normalize_uint8` computes the same values for uint8 tensors,
+  e.g. batches after training augmentation.
 
 The parameters live in :class:`PreprocessConfig` (:mod:`tagger.preprocess_config`), which travels
 inside the model card as JSON. Every failure on bad input is an :class:`ImageError` whose ``reason``
@@ -100,11 +101,24 @@ def normalize_uint8(tensor: torch.Tensor, config: PreprocessConfig) -> torch.Ten
 
 
 def to_tensor(img: Image.Image, config: PreprocessConfig) -> torch.Tensor:
-    """Return ``img`` as a contiguous float32 CHW tensor, scaled to 0..1 and normalised with mean/std."""
+    """Return ``img`` as a contiguous float32 CHW tensor, scaled to 0..1 and normalised with mean/std.
+
+    Computed in numpy, single-threaded, with :func:`normalize_uint8`'s float32 operations in its order
+    (``/ 255``, ``- mean``, ``/ std``), so the values are bit-identical to it. No torch op runs here:
+    the worker calls this from its decode threads, and a torch op there starts that thread's own
+    intra-op (OpenMP) pool, which competes for the cores with the model's.
+    """
     rgb = to_rgb(img, config.pad_colour)
-    # np.asarray on a PIL image is read-only and torch.from_numpy warns on those: np.array copies once.
-    array = np.array(rgb, dtype=np.uint8)
-    return normalize_uint8(torch.from_numpy(array).permute(2, 0, 1), config)
+    width, height = rgb.size
+    pixels = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3), read-only view: only read
+    out = np.empty((3, height, width), dtype=np.float32)
+    np.copyto(out, pixels.transpose(2, 0, 1))  # uint8 -> float32 is exact
+    mean = np.asarray(config.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(config.std, dtype=np.float32).reshape(3, 1, 1)
+    np.divide(out, np.float32(255.0), out=out)
+    np.subtract(out, mean, out=out)
+    np.divide(out, std, out=out)
+    return torch.from_numpy(out)
 
 
 def preprocess_image(img: Image.Image, config: PreprocessConfig) -> torch.Tensor:
