@@ -1,6 +1,7 @@
 """`swatch bench predict|train`: speed measurements, each a table on the terminal and a JSON file.
 
-Registered by :func:`tagger.cli.register`; ``streams.cli`` adds ``bench worker`` to :data:`bench_app`.
+Registered by :func:`tagger.cli.register`; :mod:`streams.cli.bench` adds ``model``, ``pipeline``, ``baseline``,
+``soak`` and ``all`` to :data:`bench_app`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``swatch dataset from-reviews``: reviewers' decisions as a catalog manifest (on tagger's ``dataset`` group).
 
 The command reads the decisions topic, so it lives on the streaming side and adds itself to
-:data:`tagger.dataset_cli.dataset_app`, the way :mod:`streams.cli.streaming` adds ``bench worker``.
+:data:`tagger.dataset_cli.dataset_app`, the way :mod:`streams.cli.bench` adds the ``bench`` commands.
 """
 
 from __future__ import annotations

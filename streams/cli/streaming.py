@@ -9,14 +9,13 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streams.cli.common import _guarded, _io, _settings, _table, _terminate_as_interrupt, app
 from streams.codec import SCHEMA_NAMES
 from streams.kafka import admin_config
-from tagger import cli as tagger_cli
 
 if TYPE_CHECKING:
     from streams.demo import DemoSummary
@@ -140,53 +139,6 @@ def _print_demo(summary: DemoSummary) -> None:
         table.add_row(name, str(value))
     _io.out.print(table)
     _io.out.print(f"HTML page: {summary.html_path}")
-
-
-@tagger_cli.bench_app.command("worker")
-def bench_worker(
-    listings: Annotated[int, typer.Option(min=10, help="Listings per configuration.")] = 300,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated micro-batch sizes to compare.")] = "1,8,32",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
-) -> None:
-    """End-to-end worker throughput and latency per micro-batch size (embedded or configured Kafka and Redis)."""
-    from streams.bench import bench_worker as run_bench
-
-    settings = _settings()
-    _terminate_as_interrupt()
-    if logging.getLogger().level > logging.INFO:
-        logging.getLogger("streams").setLevel(logging.ERROR)
-    try:
-        sizes = tuple(int(part) for part in batch_sizes.split(",") if part.strip())
-    except ValueError as exc:
-        _io.err.print(f"[red]--batch-sizes must be integers like 1,8,32: {exc}[/red]")
-        raise typer.Exit(2) from exc
-
-    def report(row: dict[str, Any]) -> None:
-        _io.out.print(f"batch {row['batch_max_size']}: {row['listings_per_s']} listings/s", highlight=False)
-
-    result = _guarded(lambda: run_bench(settings, listings, sizes, report))
-    table = _table(
-        "batch max size",
-        "listings/s",
-        "latency p50 s",
-        "latency p99 s",
-        "images inferred",
-        title=f"swatch bench worker: {listings} listings, model {result['rows'][0]['model_id']}",
-    )
-    base = result["rows"][0]["listings_per_s"] or 1.0
-    for row in result["rows"]:
-        table.add_row(
-            str(row["batch_max_size"]),
-            f"{row['listings_per_s']} ({row['listings_per_s'] / base:.2f}x)",
-            str(row["latency_p50_s"]),
-            str(row["latency_p99_s"]),
-            str(row["images_inferred"]),
-        )
-    _io.out.print(table)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        _io.out.print(f"results written to {json_path}")
 
 
 # -- produce and tail ---------------------------------------------------------------------------

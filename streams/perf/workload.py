@@ -1,0 +1,98 @@
+"""The benchmarks' input: a synthetic catalog served over local HTTP and listing plans built on it.
+
+- ``cold``: every listing has one image nobody has seen (each image is inferred once);
+- ``dup80``: one listing in five brings a new image, the other four re-use the URL of an earlier
+  one (re-listed photos; the URL cache, in-flight sharing and the prediction cache make them cheap);
+- ``soak``: ``dup80`` with a share of broken URLs (404, refused by the SSRF guard, not an image)
+  and malformed events mixed in, for hours of steady load.
+
+Listing events are encoded once up front (a publisher sets each one's ``event_time`` when it sends
+it); keys are the listing ids, which is how outputs are matched back to their listings.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.codec import listing_event_id
+from streams.produce import plan_listings
+from tagger.synth import SynthConfig, generate_catalog
+
+BROKEN_PATHS = ("no-such-image.jpg", "manifest.csv")  # a 404 and a file that is not an image
+REFUSED_URL = "http://169.254.169.254/latest/meta-data/"  # cloud metadata: refused by the SSRF guard
+MALFORMED = (b"this is not an Avro event", bytes([0xC3, 0x01]) + b"\x00" * 8)
+
+
+@dataclass
+class Catalog:
+    """Unique product images (``records``: one listing event each) under ``base_url``."""
+
+    records: list[dict[str, Any]]
+    base_url: str
+    root: Path
+
+
+@dataclass
+class Plan:
+    """Listing events in publishing order; ``malformed[i]`` goes out before listing ``i`` when present."""
+
+    name: str
+    records: list[dict[str, Any]]
+    unique_images: int
+    malformed_at: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def outputs_expected(self) -> int:
+        """Every listing and every malformed event ends as exactly one attribute event or dead letter."""
+        return len(self.records) + len(self.malformed_at)
+
+
+def make_catalog(root: Path, n: int, seed: int) -> Path:
+    """Render ``n`` synthetic products (240x320 JPEGs) under ``root``; returns the manifest."""
+    return generate_catalog(root, SynthConfig(n=n, seed=seed, missing_rate=0.0, noise_rate=0.0, alias_rate=0.0))
+
+
+def catalog(manifest: Path, base_url: str, seed: int) -> Catalog:
+    """The catalog's listing events (one per product, its image under ``base_url``)."""
+    planned = plan_listings(manifest, base_url, declared_rate=0.3, seed=seed, merchant_id="bench-merchant")
+    return Catalog([p.record for p in planned], base_url, manifest.parent)
+
+
+def plan(kind: str, source: Catalog, listings: int, *, run: str, seed: int = 0) -> Plan:
+    """``listings`` events of workload ``kind`` (cold, dup80 or soak), ids unique to ``run``."""
+    rng = random.Random(seed)  # noqa: S311 - a workload, not a secret
+    if kind == "cold":
+        if listings > len(source.records):
+            raise ValueError(f"cold needs {listings} unique images; the catalog has {len(source.records)}")
+        records = [_listing(r, f"{run}-{i}") for i, r in enumerate(source.records[:listings])]
+        return Plan(kind, records, listings)
+    if kind not in ("dup80", "soak"):
+        raise ValueError(f"unknown workload {kind!r}: cold, dup80 or soak")
+    records, used = [], 0
+    malformed: dict[int, bytes] = {}
+    for i in range(listings):
+        if kind == "soak" and i % 50 == 49:
+            malformed[len(records)] = MALFORMED[i // 50 % len(MALFORMED)]
+        if kind == "soak" and i % 40 == 39:
+            url = REFUSED_URL if i // 40 % 3 == 0 else source.base_url + BROKEN_PATHS[i // 40 % 2]
+            records.append(_listing(source.records[0], f"{run}-{i}", url))
+            continue
+        if i % 5 == 0 or used == 0:
+            base = source.records[used % len(source.records)]  # soak wraps around: cached by then
+            used += 1
+            records.append(_listing(base, f"{run}-{i}"))
+        else:
+            earlier = source.records[rng.randrange(min(used, len(source.records)))]
+            records.append(_listing(earlier, f"{run}-{i}"))
+    return Plan(kind, records, min(used, len(source.records)), malformed)
+
+
+def _listing(base: dict[str, Any], listing_id: str, url: str | None = None) -> dict[str, Any]:
+    record = dict(base, listing_id=listing_id, event_id=listing_event_id(listing_id, 1))
+    if url is not None:
+        record["image_urls"] = [url]
+        record["declared_attributes"] = {}
+    return record
