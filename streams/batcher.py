@@ -73,11 +73,14 @@ class MicroBatcher(Generic[R]):
             batch = [await self._queue.get()]
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_size:
+                if not self._queue.empty():  # take what is queued without a timer per image
+                    batch.append(self._queue.get_nowait())
+                    continue
                 remaining = deadline - loop.time()
-                if remaining <= 0 and self._queue.empty():
+                if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), max(0.0, remaining)))
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
             live = [(t, f) for t, f in batch if not f.done()]  # callers cancelled meanwhile need no answer
@@ -100,8 +103,12 @@ class MicroBatcher(Generic[R]):
                     future.set_result(row)
 
     async def _run_batch(self, items: Sequence[tuple[torch.Tensor, asyncio.Future[R]]]) -> Sequence[R]:
-        stacked = torch.stack([t for t, _ in items])
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, stacked)
+        tensors = [t for t, _ in items]
+        # stacking copies the whole batch: on the model thread, not the event loop
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._stack_and_infer, tensors)
+
+    def _stack_and_infer(self, tensors: list[torch.Tensor]) -> Sequence[R]:
+        return self._infer(torch.stack(tensors))
 
     async def _one_by_one(self, items: Sequence[tuple[torch.Tensor, asyncio.Future[R]]], first: Exception) -> None:
         """After a failed batch, each image alone: only the ones that fail by themselves get the error."""
