@@ -5,6 +5,12 @@ worker fetches images exactly as it would from a CDN. It is a plain static serve
 of files under the root, ``Content-Type`` from the file extension, and 404 for everything else:
 missing files, directories, ``..`` segments, absolute paths, and symlinks that lead out of the root.
 
+Like a CDN it sends validators, an ``ETag`` (the file's modification time in nanoseconds and its
+size) and ``Last-Modified``, and answers a conditional GET (``If-None-Match``,
+``If-Modified-Since``) for an unchanged file with ``304`` and no body: the path the worker's URL
+cache takes for a repeated image URL. It sends no ``Cache-Control`` unless asked (``max_age_s``),
+so every repeat is revalidated, which is what the benchmarks measure.
+
 Design: :class:`ImageServer` runs an aiohttp application on its own event loop in a daemon thread,
 so synchronous callers (the CLI, the demo, tests) can start and stop it without an event loop of
 their own; the fetcher may run in any other loop, or process, and reach it over TCP. Use it as a
@@ -88,14 +94,19 @@ class ImageServer:
         root: Directory to serve; must exist.
         host: Address to listen on; the default keeps it on this machine.
         port: Port to listen on; 0 picks a free one (read it back from :attr:`base_url`).
+        max_age_s: Send ``Cache-Control: max-age=N`` with every file (a client may then reuse it
+            for N seconds without asking); None: no ``Cache-Control``.
     """
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0, *, max_age_s: int | None = None) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(f"{root} is not a directory")
         self.host = host
         self.port = port
+        if max_age_s is not None and max_age_s < 0:
+            raise ValueError(f"max_age_s must be at least 0, not {max_age_s}")
+        self.max_age_s = max_age_s
         self._base_url: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -189,4 +200,8 @@ class ImageServer:
         path = _resolve_under(self.root, request.match_info["path"])
         if path is None:
             raise web.HTTPNotFound()
-        return web.FileResponse(path, headers={"Content-Type": _content_type(path)})
+        headers = {"Content-Type": _content_type(path)}
+        if self.max_age_s is not None:
+            headers["Cache-Control"] = f"max-age={self.max_age_s}"
+        # FileResponse sends ETag and Last-Modified and answers If-None-Match / If-Modified-Since with 304
+        return web.FileResponse(path, headers=headers)

@@ -47,6 +47,12 @@ class WorkerMetrics:
             "swatch_images_deduplicated", "Images served by an identical image already being inferred.", registry=r
         )
         self.inferred = Counter("swatch_images_inferred", "Images run through the model.", registry=r)
+        self.url_cache = Counter(
+            "swatch_url_cache",
+            "Image URLs by what the URL cache did (fresh, revalidated, changed, miss, shared, refetch).",
+            ["outcome"],
+            registry=r,
+        )
         self.batch_size = Histogram("swatch_batch_size", "Images per model batch.", buckets=BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(
             "swatch_inference_seconds", "Model time per batch.", buckets=FAST_BUCKETS, registry=r

@@ -9,6 +9,7 @@ to the source of its scheme (``http``/``https``: :class:`HttpImageSource`). The 
 * :mod:`~streams.images.sniff`: :func:`sniff_image_format` (magic numbers).
 * :mod:`~streams.images.connector`: guarded name resolution and the connect-phase probe.
 * :mod:`~streams.images.transfer`: one HTTP hop (per-host slots, redirects, body, error classes).
+* :mod:`~streams.images.urlcache`: :class:`UrlCache`, the HTTP source's URL-to-hash LRU.
 * :mod:`~streams.images.http`: :class:`HttpImageSource` (alias ``ImageFetcher``).
 * :mod:`~streams.images.router`: :class:`ImageRouter` and :class:`ImageSource`.
 
@@ -21,9 +22,17 @@ Usage, inside a running event loop::
 from streams.images.connector import SystemResolver
 from streams.images.http import DEFAULT_CONNECTION_LIMIT, HttpImageSource, ImageFetcher
 from streams.images.policy import check_address
-from streams.images.result import FetchObserver, FetchOutcome, FetchResult, Resolver, RetryPolicy
+from streams.images.result import (
+    FetchObserver,
+    FetchOutcome,
+    FetchResult,
+    Resolver,
+    RetryPolicy,
+    UrlCacheOutcome,
+)
 from streams.images.router import ImageRouter, ImageSource
 from streams.images.sniff import sniff_image_format
+from streams.images.urlcache import UrlCache
 
 __all__ = [
     "DEFAULT_CONNECTION_LIMIT",
@@ -37,6 +46,8 @@ __all__ = [
     "Resolver",
     "RetryPolicy",
     "SystemResolver",
+    "UrlCache",
+    "UrlCacheOutcome",
     "check_address",
     "sniff_image_format",
 ]

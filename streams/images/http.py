@@ -19,6 +19,11 @@
 * **Retries.** Only transient failures are retried (connect errors, timeouts, lost connections,
   HTTP 429/500/502/503/504), with exponential backoff and full jitter; a ``Retry-After`` on 429
   and 503 is honoured up to a few seconds. A retry starts again from the original URL.
+* **URL cache** (opt-in, ``url_cache=True``; :mod:`streams.images.urlcache`). A URL fetched before
+  is answered with its remembered content hash and no bytes while fresh, and revalidated with a
+  conditional GET (every check above applies to it) once stale: ``304`` confirms the hash, ``200``
+  is a normal download. Concurrent fetches of one URL share one request. ``need_bytes=True``
+  always downloads.
 
 Usage, inside a running event loop::
 
@@ -29,11 +34,13 @@ Usage, inside a running event loop::
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
 import time
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Final
 
 import aiohttp
@@ -51,6 +58,7 @@ from streams.images.result import (
     Resolver,
     RetryPolicy,
     StartClose,
+    UrlCacheOutcome,
     report,
 )
 from streams.images.transfer import (
@@ -63,6 +71,7 @@ from streams.images.transfer import (
     redirect_target,
     retry_after_seconds,
 )
+from streams.images.urlcache import NO_CACHE_HEADERS, UrlCache, UrlEntry, cache_headers
 from streams.text import MAX_REASON_CHARS, clip, clip_optional
 
 __all__ = ["DEFAULT_CONNECTION_LIMIT", "SCHEMES", "USER_AGENT", "HttpImageSource", "ImageFetcher"]
@@ -79,6 +88,7 @@ SCHEMES: Final = frozenset({"http", "https"})
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 _RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+_NOT_MODIFIED: Final = 304
 
 
 class HttpImageSource(StartClose):
@@ -93,6 +103,10 @@ class HttpImageSource(StartClose):
         observer: Told about every finished fetch; default: nobody.
         retry_policy: Backoff between attempts; default :class:`~streams.images.RetryPolicy` ().
         connection_limit: Connections open at most over all hosts.
+        url_cache: ``True``: remember URLs with their hash and validators as ``settings`` say
+            (``url_cache_entries``, ``url_cache_max_age_s``; 0 entries: off); or the
+            :class:`~streams.images.UrlCache` to use. Off by default: callers that need the bytes
+            of every image (the review service, exports) get them.
     """
 
     def __init__(
@@ -103,6 +117,7 @@ class HttpImageSource(StartClose):
         observer: FetchObserver | None = None,
         retry_policy: RetryPolicy | None = None,
         connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+        url_cache: UrlCache | bool = False,
     ) -> None:
         self._settings = settings
         self._allow: tuple[IPNetwork, ...] = tuple(settings.allow_networks)
@@ -113,6 +128,8 @@ class HttpImageSource(StartClose):
         self._limiter = HostLimiter(settings.per_host_concurrency)
         self._random = random.SystemRandom()
         self._session: aiohttp.ClientSession | None = None
+        self._cache = _url_cache(url_cache, settings)
+        self._in_flight: dict[tuple[str, bool], _InFlight] = {}
 
     async def start(self) -> None:
         """Create the HTTP session; call from inside the event loop that will run the fetches."""
@@ -139,14 +156,26 @@ class HttpImageSource(StartClose):
         if session is not None:
             await session.close()
 
-    async def fetch(self, url: str) -> FetchResult:
+    @property
+    def url_cache(self) -> UrlCache | None:
+        """The URL cache (None: off)."""
+        return self._cache
+
+    async def fetch(self, url: str, *, need_bytes: bool = False) -> FetchResult:
         """Download one image, retrying transient failures; never raises for bad URLs or hosts.
+
+        With a URL cache, a remembered URL may end ``OK`` with its content hash and no bytes: fresh
+        (no request at all) or confirmed by a ``304``; see :class:`~streams.images.UrlCacheOutcome`.
+        Concurrent fetches of one URL then share one request.
 
         Args:
             url: An ``http`` or ``https`` URL.
+            need_bytes: Download the bytes whatever the URL cache remembers (the entry is still
+                updated from the answer).
 
         Returns:
-            The result; ``outcome`` is ``OK`` with the bytes, or the failure with a ``reason``.
+            The result; ``outcome`` is ``OK`` with the bytes (or only the hash, see above), or the
+            failure with a ``reason``.
 
         Raises:
             RuntimeError: The source was not started.
@@ -154,17 +183,104 @@ class HttpImageSource(StartClose):
         session = self._session
         if session is None:
             raise RuntimeError("HttpImageSource is not started: use `async with HttpImageSource(...)` or await start()")
+        cache = self._cache
+        if cache is None:
+            return await self._download(session, url, None, consulted=False)
+        if not need_bytes:
+            started = time.perf_counter()
+            entry = cache.fresh(url)
+            if entry is not None:  # not reported to the observer: nothing was fetched
+                seconds = time.perf_counter() - started
+                return _known(url, entry, UrlCacheOutcome.FRESH, status=None, attempts=0, seconds=seconds)
+        return await self._shared(session, url, need_bytes)
+
+    async def _shared(self, session: aiohttp.ClientSession, url: str, need_bytes: bool) -> FetchResult:
+        """Join the fetch of ``url`` in flight (one that downloads bytes serves everyone), or start it."""
+        key = (url, need_bytes)
+        flight = self._in_flight.get(key) or (None if need_bytes else self._in_flight.get((url, True)))
+        joined = flight is not None
+        if flight is None:
+            task = asyncio.get_running_loop().create_task(self._revalidate(session, url, need_bytes))
+            flight = self._in_flight[key] = _InFlight(key, task)
+            task.add_done_callback(functools.partial(self._landed, flight))
+        flight.waiters += 1
+        try:
+            result = await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                self._landed(flight)  # nobody may join a fetch being cancelled
+                flight.task.cancel()  # everyone who wanted it is gone
+        if joined and result.ok and result.url_cache is not None:
+            return replace(result, url_cache=UrlCacheOutcome.SHARED)
+        return result
+
+    def _landed(self, flight: _InFlight, _task: object = None) -> None:
+        if self._in_flight.get(flight.key) is flight:
+            del self._in_flight[flight.key]
+
+    async def _revalidate(self, session: aiohttp.ClientSession, url: str, need_bytes: bool) -> FetchResult:
+        cache = self._cache
+        entry = cache.get(url) if cache is not None and not need_bytes else None
+        return await self._download(session, url, entry, consulted=not need_bytes)
+
+    async def _download(
+        self, session: aiohttp.ClientSession, url: str, entry: UrlEntry | None, *, consulted: bool
+    ) -> FetchResult:
+        """Fetch ``url`` (conditionally when ``entry`` has validators), update the URL cache, report."""
         started = time.perf_counter()
+        validators = entry.validators if entry is not None else {}
+        end, attempts = await self._attempts(session, url, validators)
+        seconds = time.perf_counter() - started
+        cache = self._cache
+        outcome: UrlCacheOutcome | None
+        if end.outcome is FetchOutcome.OK and end.data is None and entry is not None:  # 304
+            if cache is not None:
+                cache.revalidated(url, entry, end.cache or NO_CACHE_HEADERS)
+            outcome = UrlCacheOutcome.REVALIDATED
+            result = _known(url, entry, outcome, status=end.status, attempts=attempts, seconds=seconds)
+        else:
+            data = end.data if end.outcome is FetchOutcome.OK else None
+            content_hash = hashlib.sha256(data).hexdigest() if data is not None else None
+            outcome = None
+            if cache is not None:
+                if content_hash is not None and end.image_format and end.status == 200 and end.cache is not None:
+                    cache.store(url, content_hash, end.image_format, end.cache)
+                else:
+                    cache.discard(url)  # failed, or not a plain 200: what was known may be wrong now
+                if data is not None and consulted:
+                    outcome = UrlCacheOutcome.CHANGED if validators else UrlCacheOutcome.MISS
+            result = FetchResult(
+                url=url,
+                outcome=end.outcome,
+                data=data,
+                content_hash=content_hash,
+                reason=end.reason,
+                status=end.status,
+                attempts=attempts,
+                seconds=seconds,
+                image_format=end.image_format if data is not None else None,
+                url_cache=outcome,
+            )
+        if not result.ok:
+            logger.debug("fetch %s: %s (%s)", url, result.outcome, result.reason)
+        report(self._observer, result)
+        return result
+
+    async def _attempts(
+        self, session: aiohttp.ClientSession, url: str, validators: Mapping[str, str]
+    ) -> tuple[Attempt, int]:
+        """Attempts until one is not transient or the retries are used up: the last one, and their count."""
         attempts = 0
         while True:
             attempts += 1
             try:
-                end = await self._attempt(session, url)
+                end = await self._attempt(session, url, validators)
             except Exception as exc:  # a bug or an input nobody foresaw must still not stop the worker
                 logger.warning("unexpected error fetching %r", clip(url, MAX_REASON_CHARS), exc_info=exc)
                 end = Attempt(FetchOutcome.FETCH_FAILED, f"unexpected {type(exc).__name__}: {exc}")
             if not end.transient or attempts > self._settings.retries:
-                break
+                return end, attempts
             delay = self._backoff(attempts - 1, end)
             logger.debug(
                 "retrying %s in %.2fs after %s (attempt %d)",
@@ -174,22 +290,6 @@ class HttpImageSource(StartClose):
                 attempts,
             )
             await asyncio.sleep(delay)
-        data = end.data if end.outcome is FetchOutcome.OK else None
-        result = FetchResult(
-            url=url,
-            outcome=end.outcome,
-            data=data,
-            content_hash=hashlib.sha256(data).hexdigest() if data is not None else None,
-            reason=end.reason,
-            status=end.status,
-            attempts=attempts,
-            seconds=time.perf_counter() - started,
-            image_format=end.image_format if data is not None else None,
-        )
-        if not result.ok:
-            logger.debug("fetch %s: %s (%s)", url, result.outcome, result.reason)
-        report(self._observer, result)
-        return result
 
     def _backoff(self, retry: int, end: Attempt) -> float:
         ceiling = min(self._retry.cap_s, self._retry.base_s * 2**retry)
@@ -198,8 +298,12 @@ class HttpImageSource(StartClose):
             delay = max(delay, min(end.retry_after, self._retry.retry_after_cap_s))
         return delay
 
-    async def _attempt(self, session: aiohttp.ClientSession, url: str) -> Attempt:
-        """One attempt: follow up to ``max_redirects`` hops, judging each hop's URL before connecting."""
+    async def _attempt(self, session: aiohttp.ClientSession, url: str, validators: Mapping[str, str]) -> Attempt:
+        """One attempt: follow up to ``max_redirects`` hops, judging each hop's URL before connecting.
+
+        ``validators`` (``If-None-Match``, ``If-Modified-Since``) go with every hop: the entry they
+        come from was stored from the end of the chain.
+        """
         loop = asyncio.get_running_loop()
         # The deadline covers the whole attempt, waiting for a per-host slot included: a burst on one
         # slow host cannot hold a listing longer than SWATCH_FETCH_TOTAL_TIMEOUT_S per attempt.
@@ -215,7 +319,7 @@ class HttpImageSource(StartClose):
             seen.add(str(checked.with_fragment(None)))
             try:
                 async with self._limiter.slot(checked.host or "", deadline):
-                    step = await self._hop(session, checked, deadline)
+                    step = await self._hop(session, checked, deadline, validators)
             except SlotTimeoutError as busy:
                 reason = f"timed out after {self._settings.total_timeout_s}s waiting for a download slot: {busy}"
                 return Attempt(FetchOutcome.TIMEOUT, reason, status, transient=True)
@@ -228,18 +332,25 @@ class HttpImageSource(StartClose):
         reason = f"too many redirects (more than {self._settings.max_redirects})"
         return Attempt(FetchOutcome.FETCH_FAILED, reason, status)
 
-    async def _hop(self, session: aiohttp.ClientSession, url: URL, deadline: float) -> Attempt | Redirect:
+    async def _hop(
+        self, session: aiohttp.ClientSession, url: URL, deadline: float, validators: Mapping[str, str]
+    ) -> Attempt | Redirect:
         """One request within the attempt's deadline: a redirect to follow, or the end of the attempt."""
         with watch_connects() as watch:
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await self._request(session, url)
+                    return await self._request(session, url, validators)
             except Exception as exc:
                 return classify_error(exc, url, self._settings, tcp_connected=watch.tcp_connected())
 
-    async def _request(self, session: aiohttp.ClientSession, url: URL) -> Attempt | Redirect:
-        async with session.get(url, allow_redirects=False) as response:
+    async def _request(
+        self, session: aiohttp.ClientSession, url: URL, validators: Mapping[str, str]
+    ) -> Attempt | Redirect:
+        async with session.get(url, allow_redirects=False, headers=validators or None) as response:
             status = response.status
+            cache = self._cache
+            if status == _NOT_MODIFIED and validators and cache is not None:
+                return Attempt(FetchOutcome.OK, None, status, cache=cache_headers(response.headers, cache.max_age_s))
             if status in _REDIRECT_STATUSES:
                 return redirect_target(response)
             if status in _TRANSIENT_STATUSES:
@@ -251,7 +362,36 @@ class HttpImageSource(StartClose):
                 )
             if not 200 <= status < 300:
                 return Attempt(FetchOutcome.FETCH_FAILED, f"HTTP {status}", status)
-            return await read_body(response, self._settings.max_bytes)
+            end = await read_body(response, self._settings.max_bytes)
+            if status == 200 and end.outcome is FetchOutcome.OK and cache is not None:
+                end = replace(end, cache=cache_headers(response.headers, cache.max_age_s))
+            return end
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A fetch that concurrent callers of the same URL share, and how many of them wait for it."""
+
+    key: tuple[str, bool]
+    task: asyncio.Task[FetchResult]
+    waiters: int = 0
+
+
+def _known(
+    url: str, entry: UrlEntry, outcome: UrlCacheOutcome, *, status: int | None, attempts: int, seconds: float
+) -> FetchResult:
+    """``OK`` with the hash the URL cache remembers and no bytes."""
+    return FetchResult(
+        url, FetchOutcome.OK, None, entry.content_hash, None, status, attempts, seconds, entry.image_format, outcome
+    )
+
+
+def _url_cache(setting: UrlCache | bool, settings: FetchSettings) -> UrlCache | None:
+    if isinstance(setting, UrlCache):
+        return setting
+    if not setting or settings.url_cache_entries == 0:
+        return None
+    return UrlCache(settings.url_cache_entries, settings.url_cache_max_age_s)
 
 
 ImageFetcher = HttpImageSource

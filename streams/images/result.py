@@ -25,6 +25,7 @@ __all__ = [
     "Resolver",
     "RetryPolicy",
     "StartClose",
+    "UrlCacheOutcome",
     "report",
 ]
 
@@ -48,6 +49,23 @@ class FetchOutcome(StrEnum):
     NOT_AN_IMAGE = "NOT_AN_IMAGE"
 
 
+class UrlCacheOutcome(StrEnum):
+    """What a source's URL cache did for a successful fetch (``swatch_url_cache_total``'s label).
+
+    ``FRESH``: the remembered hash was reused without a request. ``REVALIDATED``: a conditional
+    request got ``304``. ``CHANGED``: a conditional request got a new ``200``. ``MISS``: nothing
+    usable was remembered, the image was downloaded. ``SHARED``: the result of a fetch of the same
+    URL already in flight. Without bytes (``FRESH``, ``REVALIDATED`` and a ``SHARED`` one of them),
+    ``data`` is None and ``content_hash`` the image's hash as last downloaded.
+    """
+
+    FRESH = "fresh"
+    REVALIDATED = "revalidated"
+    CHANGED = "changed"
+    MISS = "miss"
+    SHARED = "shared"
+
+
 @dataclass(frozen=True, slots=True)
 class FetchResult:
     """The outcome of one fetch, successful or not.
@@ -55,14 +73,17 @@ class FetchResult:
     Attributes:
         url: The URL asked for (before any redirect).
         outcome: How the fetch ended.
-        data: The image bytes; only for ``OK``.
-        content_hash: Hex SHA-256 of ``data``; only for ``OK``.
+        data: The image bytes; only for ``OK``, and None there too when a URL cache vouched for the
+            image without downloading it (see :attr:`url_cache`, :attr:`has_bytes`).
+        content_hash: Hex SHA-256 of the image; only for ``OK``.
         reason: Short human-readable detail of a failure (HTTP status, refused address, ...), at most
             :data:`~streams.text.MAX_REASON_CHARS` characters (longer ones are clipped on creation).
         status: The last HTTP status seen, if any response arrived.
         attempts: Attempts made (1 + retries used).
         seconds: Wall-clock seconds spent, backoff included.
         image_format: The sniffed format for ``OK``, e.g. ``"JPEG"``.
+        url_cache: What the source's URL cache did for an ``OK`` result; None when it was not
+            consulted (no URL cache, or bytes were asked for).
     """
 
     url: str
@@ -74,6 +95,7 @@ class FetchResult:
     attempts: int
     seconds: float
     image_format: str | None
+    url_cache: UrlCacheOutcome | None = None
 
     def __post_init__(self) -> None:
         # the one place every reason passes, so no source can forget the bound
@@ -86,8 +108,13 @@ class FetchResult:
 
     @property
     def ok(self) -> bool:
-        """True when the image was fetched and looks like an image."""
+        """True when the image was fetched (or vouched for by a URL cache) and looks like an image."""
         return self.outcome is FetchOutcome.OK
+
+    @property
+    def has_bytes(self) -> bool:
+        """True when the image was fetched and its bytes are here (not only its hash)."""
+        return self.outcome is FetchOutcome.OK and self.data is not None
 
 
 class FetchObserver(Protocol):

@@ -38,11 +38,12 @@ class ImageSource(Protocol):
     """Something that fetches image URLs of some schemes: what the worker depends on.
 
     ``fetch`` must not raise for bad URLs or misbehaving hosts: every failure is a
-    :class:`~streams.images.result.FetchResult` with an outcome and a reason.
+    :class:`~streams.images.result.FetchResult` with an outcome and a reason. A source without a
+    URL cache always returns the bytes of an ``OK`` image and may ignore ``need_bytes``.
     """
 
-    async def fetch(self, url: str) -> FetchResult:
-        """Fetch one image."""
+    async def fetch(self, url: str, *, need_bytes: bool = False) -> FetchResult:
+        """Fetch one image (with its bytes, not only its hash, when ``need_bytes``)."""
 
     async def start(self) -> None:
         """Acquire what fetching needs (sessions, clients); called once inside the running event loop."""
@@ -78,6 +79,7 @@ class ImageRouter(StartClose):
         observer: FetchObserver | None = None,
         retry_policy: RetryPolicy | None = None,
         connection_limit: int = DEFAULT_CONNECTION_LIMIT,
+        url_cache: bool = False,
     ) -> ImageRouter:
         """The router of the worker: ``http`` and ``https`` to one :class:`HttpImageSource`."""
         http = HttpImageSource(
@@ -86,6 +88,7 @@ class ImageRouter(StartClose):
             observer=observer,
             retry_policy=retry_policy,
             connection_limit=connection_limit,
+            url_cache=url_cache,
         )
         return cls(dict.fromkeys(SCHEMES, http), observer=observer)
 
@@ -117,8 +120,10 @@ class ImageRouter(StartClose):
         if first_error is not None:
             raise first_error
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(self, url: str, *, need_bytes: bool = False) -> FetchResult:
         """Fetch ``url`` with the source of its scheme; a URL no source may take ends without raising.
+
+        ``need_bytes`` is passed on only when set, so sources written before it keep working.
 
         Returns:
             The source's result, or ``BLOCKED_URL``/``FETCH_FAILED`` for a URL refused by
@@ -131,4 +136,5 @@ class ImageRouter(StartClose):
             result = FetchResult.failed(url, refused.outcome, refused.reason, seconds=time.perf_counter() - started)
             report(self._observer, result)
             return result
-        return await self._sources[parsed.scheme.lower()].fetch(url)
+        source = self._sources[parsed.scheme.lower()]
+        return await (source.fetch(url, need_bytes=True) if need_bytes else source.fetch(url))

@@ -26,6 +26,7 @@ from streams.config import FetchSettings
 from streams.images.connector import BlockedAddressError
 from streams.images.result import FetchOutcome
 from streams.images.sniff import SNIFF_BYTES, sniff_image_format
+from streams.images.urlcache import CacheHeaders
 
 __all__ = [
     "Attempt",
@@ -44,7 +45,11 @@ _CHUNK_BYTES: Final = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The end of one attempt (all its hops)."""
+    """The end of one attempt (all its hops).
+
+    ``OK`` without ``data`` is a ``304`` to a conditional request; ``cache`` is what the headers of a
+    ``200`` or ``304`` said about caching (only when the source has a URL cache).
+    """
 
     outcome: FetchOutcome
     reason: str | None = None
@@ -53,6 +58,7 @@ class Attempt:
     image_format: str | None = None
     transient: bool = False
     retry_after: float | None = None
+    cache: CacheHeaders | None = None
 
 
 @dataclass(frozen=True, slots=True)

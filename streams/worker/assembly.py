@@ -119,7 +119,7 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
     )
     batcher.start()
     chain.push_async_callback(batcher.close)
-    images = w.image_source or ImageFetcher(settings.fetch, observer=w)
+    images = w.image_source or ImageFetcher(settings.fetch, observer=w, url_cache=True)
     await images.start()
     chain.push_async_callback(images.close)
     decode_pool = named_pool(settings.worker.preprocess_threads, "swatch-decode")

@@ -10,6 +10,11 @@ them, and every prediction remembers the listing version it was computed for. An
 ``TAGGED`` for the listing version whose inference produced it and ``CACHE_HIT`` for every other
 one (a cached answer, or one shared from an identical image in flight), so a redelivered listing
 reports what it reported the first time.
+
+An image source with a URL cache may vouch for an image by its hash alone, without bytes. That is
+all the tagger needs when the prediction cache knows the hash; when it does not (evicted, expired,
+Redis down), the URL is fetched again with ``need_bytes=True`` and the image goes on from there,
+ending as that refetch ends (its failure, if it fails): an image is never lost for want of bytes.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ class ImageSource(Protocol):
     async def close(self) -> None:
         """Close connections."""
 
-    async def fetch(self, url: str) -> FetchResult:
-        """Download ``url``."""
+    async def fetch(self, url: str, *, need_bytes: bool = False) -> FetchResult:
+        """Download ``url``; an ``OK`` result may carry only the hash unless ``need_bytes``."""
 
 
 class PredictionStore(Protocol):
@@ -88,6 +93,14 @@ class Computed:
             return self.outcome, False
         mine = self.by == owner
         return ("TAGGED" if mine else "CACHE_HIT"), mine
+
+
+_NEEDS_BYTES = Computed(None, "NEEDS_BYTES", "no prediction for the hash and no bytes to infer")
+"""What a hash gets whose image came without bytes and has no prediction: refetch it (never published)."""
+
+
+class _NeedsBytesError(Exception):
+    """Given to listings waiting on a hash whose owner has no bytes for it: they do it themselves."""
 
 
 class Slots:
@@ -148,9 +161,20 @@ class ImageTagger:
         urls = list(urls)
         limit = self.max_images
         async with self._slots.hold(len(urls[:limit])):  # bounds the image bytes held in memory
-            fetched = await asyncio.gather(*(self._images.fetch(url) for url in urls[:limit]))
-            by_hash = {r.content_hash: r for r in fetched if r.ok and r.content_hash}
-            computed = await self._predictions(list(by_hash), by_hash, owner)
+            fetched = list(await asyncio.gather(*(self._images.fetch(url) for url in urls[:limit])))
+            for result in fetched:
+                if result.ok and result.url_cache is not None:
+                    self._metrics.url_cache.labels(result.url_cache.value).inc()
+            computed = await self._predictions(_by_hash(fetched), owner)
+            blind = [
+                i for i, r in enumerate(fetched) if r.content_hash and computed.get(r.content_hash) is _NEEDS_BYTES
+            ]
+            if blind:  # vouched for by the URL cache, unknown to the prediction cache: download after all
+                self._metrics.url_cache.labels("refetch").inc(len(blind))
+                again = await asyncio.gather(*(self._images.fetch(fetched[i].url, need_bytes=True) for i in blind))
+                for i, result in zip(blind, again, strict=True):
+                    fetched[i] = result
+                computed.update(await self._predictions(_by_hash(again), owner))
         outcomes: list[ImageOutcome] = []
         fresh = False
         for result in fetched:
@@ -158,6 +182,10 @@ class ImageTagger:
                 outcomes.append(ImageOutcome(result.url, result.outcome.value, None, result.reason))
                 continue
             c = computed[result.content_hash]
+            if c is _NEEDS_BYTES:  # a source that still sent no bytes when asked for them
+                reason = "the image source sent no bytes when asked for them"
+                outcomes.append(ImageOutcome(result.url, FetchOutcome.FETCH_FAILED.value, None, reason))
+                continue
             outcome, mine = c.seen_by(owner)
             fresh = fresh or mine
             outcomes.append(ImageOutcome(result.url, outcome, result.content_hash, c.reason, c.probabilities))
@@ -166,11 +194,13 @@ class ImageTagger:
             outcomes.append(ImageOutcome(url, FetchOutcome.FETCH_FAILED.value, None, reason))
         return outcomes, fresh
 
-    async def _predictions(
-        self, hashes: list[str], results: dict[str, FetchResult], owner: str
-    ) -> dict[str, Computed]:
-        """Per hash: shared with an identical image in flight, else from the cache, else the model."""
+    async def _predictions(self, results: dict[str, FetchResult], owner: str) -> dict[str, Computed]:
+        """Per hash: shared with an identical image in flight, else from the cache, else the model.
+
+        A hash the cache misses and whose result has no bytes gets :data:`_NEEDS_BYTES`.
+        """
         loop = asyncio.get_running_loop()
+        hashes = list(results)
         waiting = {h: self._computing[h] for h in hashes if h in self._computing}
         self._metrics.dedup.inc(len(waiting))
         mine: dict[str, asyncio.Future[Computed]] = {h: loop.create_future() for h in hashes if h not in waiting}
@@ -179,7 +209,12 @@ class ImageTagger:
             cached = await self._store.get_predictions(list(mine))
             for h, entry in cached.items():
                 mine[h].set_result(Computed(entry.probabilities, "CACHE_HIT", by=entry.by))
-            misses = [h for h in mine if h not in cached]
+            misses = [h for h in mine if h not in cached and results[h].data is not None]
+            for h, future in mine.items():
+                if h not in cached and results[h].data is None:
+                    del self._computing[h]  # nothing to share: whoever needs it infers it
+                    future.set_exception(_NeedsBytesError(h))
+                    future.add_done_callback(_retrieve)
             computed = await asyncio.gather(*(self._infer(results[h].data or b"", owner) for h in misses))
             fresh = {h: c.probabilities for h, c in zip(misses, computed, strict=True) if c.probabilities}
             await self._store.put_predictions(fresh, owner)
@@ -192,14 +227,14 @@ class ImageTagger:
             for h, future in mine.items():
                 if self._computing.get(h) is future:
                     del self._computing[h]
-        out = {h: f.result() for h, f in mine.items()}
+        out = {h: _NEEDS_BYTES if f.exception() else f.result() for h, f in mine.items()}
         for h, future in waiting.items():
             try:
                 out[h] = await asyncio.shield(future)
             except ModelError:
                 raise
             except (asyncio.CancelledError, Exception):  # the other listing was dropped: do it ourselves
-                out[h] = await self._infer(results[h].data or b"", owner)
+                out[h] = await self._infer(data, owner) if (data := results[h].data) is not None else _NEEDS_BYTES
         return out
 
     async def _infer(self, data: bytes, owner: str) -> Computed:
@@ -215,6 +250,16 @@ class ImageTagger:
         except Exception as exc:
             raise ModelError(f"model failed on a batch: {type(exc).__name__}: {exc}") from exc
         return Computed(rounded(probs), "TAGGED", by=owner)
+
+
+def _by_hash(results: Iterable[FetchResult]) -> dict[str, FetchResult]:
+    """One result per content hash of the fetched images, one with bytes where there is one."""
+    out: dict[str, FetchResult] = {}
+    for result in results:
+        h = result.content_hash
+        if result.ok and h and (h not in out or out[h].data is None):
+            out[h] = result
+    return out
 
 
 def _fail_waiters(futures: Iterable[asyncio.Future[Computed]], exc: BaseException) -> None:

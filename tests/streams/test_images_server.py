@@ -189,3 +189,53 @@ def test_cli_serve_images_refuses_a_missing_directory(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["serve-images", str(tmp_path / "missing")])
     assert result.exit_code == 2
+
+
+def raw_conditional(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """GET ``path`` with ``headers``: the status, the response headers and the body."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_validators_and_conditional_gets(server: ImageServer, catalog: Path) -> None:
+    status, headers, body = raw_conditional(server.base_url, "/dress-001.jpg", {})
+    assert (status, body) == (200, JPEG)
+    etag, modified = headers["Etag"], headers["Last-Modified"]
+    assert etag and modified.endswith(" GMT")
+    assert "Cache-Control" not in headers  # every repeat is revalidated: what the benchmarks measure
+    for conditional in ({"If-None-Match": etag}, {"If-Modified-Since": modified}):
+        status, headers, body = raw_conditional(server.base_url, "/dress-001.jpg", conditional)
+        assert (status, body, headers["Etag"]) == (304, b"", etag)
+    assert raw_conditional(server.base_url, "/dress-001.jpg", {"If-None-Match": '"other"'})[0] == 200
+    (catalog / "dress-001.jpg").write_bytes(JPEG + b"\x00")  # changed: a new ETag, the new bytes
+    os.utime(catalog / "dress-001.jpg", ns=(1, 1))
+    status, headers, body = raw_conditional(server.base_url, "/dress-001.jpg", {"If-None-Match": etag})
+    assert (status, body) == (200, JPEG + b"\x00") and headers["Etag"] != etag
+
+
+def test_max_age_is_sent_only_when_asked_for(catalog: Path) -> None:
+    with ImageServer(catalog, max_age_s=60) as cached:
+        _, headers, _ = raw_conditional(cached.base_url, "/dress-001.jpg", {})
+    assert headers["Cache-Control"] == "max-age=60"
+    with pytest.raises(ValueError, match="max_age_s"):
+        ImageServer(catalog, max_age_s=-1)
+
+
+def test_the_fetchers_url_cache_revalidates_against_the_server(catalog: Path) -> None:
+    async def fetch_twice(base_url: str) -> list[str | None]:
+        settings = FetchSettings(allow_networks=("127.0.0.0/8",))
+        async with ImageFetcher(settings, url_cache=True) as fetcher:
+            results = [await fetcher.fetch(base_url + "dresses/dress-002.png") for _ in range(2)]
+        assert all(r.content_hash == hashlib.sha256(PNG).hexdigest() for r in results)
+        return [r.url_cache.value if r.url_cache else None for r in results]
+
+    with ImageServer(catalog) as plain:
+        assert asyncio.run(fetch_twice(plain.base_url)) == ["miss", "revalidated"]
+    with ImageServer(catalog, max_age_s=60) as cached:
+        assert asyncio.run(fetch_twice(cached.base_url)) == ["miss", "fresh"]

@@ -22,6 +22,8 @@ def test_public_names() -> None:
         "Resolver",
         "RetryPolicy",
         "SystemResolver",
+        "UrlCache",
+        "UrlCacheOutcome",
         "check_address",
         "sniff_image_format",
     }
