@@ -2,7 +2,8 @@
 
 ``Predictor.load(model_dir)`` rebuilds the model from its card on CUDA when present, else the CPU;
 ``runtime="onnx"`` runs it with ONNX Runtime on the CPU instead, from the model's ONNX export (made
-on first use when missing or stale, see :mod:`tagger.export`).
+on first use when missing or stale, see :mod:`tagger.export`), and ``runtime="auto"`` picks one
+(:func:`resolve_runtime`: torch on CUDA, ONNX Runtime on the CPU when it is installed).
 ``predict(batch, groups)`` takes a batch of images preprocessed with the card's preprocessing and
 returns, per image and applicable head, the probability of every value (temperature-scaled), the top
 value and its confidence, and for multi-label heads the values at or above the head's threshold.
@@ -10,6 +11,7 @@ value and its confidence, and for multi-label heads the values at or above the h
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 Runtime = Literal["torch", "onnx"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx")
+RUNTIME_CHOICES = ("auto", *RUNTIMES)  # what Predictor.load and SWATCH_MODEL_RUNTIME accept
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -38,6 +41,41 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def onnxruntime_installed() -> bool:
+    """Whether ``onnxruntime`` can be imported (looked up without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def resolve_runtime(requested: str, device: str = "auto") -> Runtime:
+    """The runtime to serve with for a requested one (auto, torch or onnx) and device (auto, cpu or cuda).
+
+    ``auto`` is torch when the device is CUDA (asked for, or present under ``auto``), else ONNX
+    Runtime when it is installed, else torch. ``onnx`` runs on the CPU only: with device ``cuda``,
+    or without onnxruntime installed, it is a :class:`TaggerError`. The choice and why are logged.
+    """
+    if requested not in RUNTIME_CHOICES:
+        raise TaggerError(f"runtime {requested!r} is not {', '.join(RUNTIME_CHOICES[:-1])} or {RUNTIME_CHOICES[-1]}")
+    if requested == "torch":
+        return "torch"
+    if requested == "onnx":
+        if device not in ("auto", "cpu"):
+            raise TaggerError(f"the onnx runtime runs on the CPU only; use device cpu or auto, not {device!r}")
+        if not onnxruntime_installed():
+            raise TaggerError("runtime onnx was asked for but onnxruntime is not installed (the onnx extra)")
+        if device == "auto" and torch.cuda.is_available():
+            logger.warning("runtime onnx was asked for: serving on the CPU although a CUDA device is visible")
+        return "onnx"
+    target = pick_device(device)
+    if target.type == "cuda":
+        logger.info("runtime auto: torch, because the device is %s", target)
+        return "torch"
+    if onnxruntime_installed():
+        logger.info("runtime auto: onnx, because the device is the CPU and onnxruntime is installed")
+        return "onnx"
+    logger.info("runtime auto: torch, because onnxruntime is not installed (the onnx extra adds it)")
+    return "torch"
 
 
 @dataclass(frozen=True)
@@ -106,26 +144,35 @@ class Predictor:
         """Load a model directory (the demo model when None) onto CUDA or the CPU.
 
         ``runtime="onnx"`` runs ONNX Runtime on the CPU (``device`` auto or cpu) with as many
-        intra-op threads as torch uses, exporting the model first when its export is missing or stale.
+        intra-op threads as torch uses, exporting the model first when its export is missing or stale;
+        ``runtime="auto"`` decides with :func:`resolve_runtime`, and falls back to torch (with a
+        warning) when the ONNX export cannot be made or loaded.
         """
-        if runtime not in RUNTIMES:
-            raise TaggerError(f"runtime {runtime!r} is not {' or '.join(RUNTIMES)}")
-        if runtime == "onnx":
-            if device not in ("auto", "cpu"):
-                raise TaggerError(f"the onnx runtime runs on the CPU only; use device cpu or auto, not {device!r}")
-            target = torch.device("cpu")
-        else:
-            target = pick_device(device)
+        chosen = resolve_runtime(runtime, device)
+        target = torch.device("cpu") if chosen == "onnx" else pick_device(device)
         directory = Path(model_dir) if model_dir else default_model_dir()
         model, card = load_model(directory, target)
-        onnx = load_onnx_runner(model, card, directory) if runtime == "onnx" else None
-        logger.info("loaded model %s on %s (%s)", card.model_id, target, runtime)
+        onnx = None
+        if chosen == "onnx":
+            try:
+                onnx = load_onnx_runner(model, card, directory)
+            except (TaggerError, ImportError, OSError) as exc:
+                if runtime != "auto":
+                    raise
+                logger.warning("runtime auto: ONNX Runtime is unusable for %s (%s); using torch", card.model_id, exc)
+                chosen = "torch"
+        logger.info("loaded model %s on %s (%s)", card.model_id, target, chosen)
         return cls(model, card, target, onnx=onnx)
 
     @property
     def onnx_runner(self) -> OnnxRunner | None:
         """The ONNX Runtime session wrapper when ``runtime == "onnx"``, else None."""
         return self._onnx
+
+    @property
+    def threads(self) -> int:
+        """CPU threads inference uses: ONNX Runtime's intra-op threads, or torch's."""
+        return self._onnx.threads if self._onnx is not None else torch.get_num_threads()
 
     @property
     def model_id(self) -> str:

@@ -41,6 +41,7 @@ __all__ = ["Worker", "metrics_host"]
 
 logger = logging.getLogger(__name__)
 
+
 class Worker:
     """Consumes listing events and publishes attribute events; see the module docstring."""
 
@@ -64,7 +65,19 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         if settings.model.threads is not None:
             torch.set_num_threads(settings.model.threads)
-        self.predictor = predictor or Predictor.load(settings.model.dir, settings.model.device)
+        # SWATCH_MODEL_RUNTIME: auto serves torch on CUDA and ONNX Runtime on the CPU when installed
+        # (tagger.predict.resolve_runtime); ONNX Runtime's intra-op threads follow torch's, set above.
+        self.predictor = predictor or Predictor.load(
+            settings.model.dir, settings.model.device, runtime=settings.model.runtime
+        )
+        logger.info(
+            "serving model %s with the %s runtime on %s, %d threads (runtime setting %s)",
+            self.predictor.model_id,
+            self.predictor.runtime,
+            self.predictor.device,
+            self.predictor.threads,
+            settings.model.runtime,
+        )
         self.model_id = self.predictor.model_id
         self.taxonomy = self.predictor.taxonomy
         self.thresholds = resolve_thresholds(
@@ -177,4 +190,3 @@ class Worker:
         self.metrics.inferred.inc(size)
         self.metrics.batch_size.observe(size)
         self.metrics.inference_seconds.observe(seconds)
-
