@@ -29,6 +29,7 @@ from streams.config import Settings
 from streams.errors import FatalError
 from streams.images import FetchResult
 from streams.metrics import WorkerMetrics
+from streams.threads import named_os_thread
 from streams.worker.assembly import metrics_host, start_parts
 from streams.worker.clients import ConsumerFactory, ProducerFactory
 from streams.worker.consumer import ConsumerLoop
@@ -67,9 +68,12 @@ class Worker:
             torch.set_num_threads(settings.model.threads)
         # SWATCH_MODEL_RUNTIME: auto serves torch on CUDA and ONNX Runtime on the CPU when installed
         # (tagger.predict.resolve_runtime); ONNX Runtime's intra-op threads follow torch's, set above.
-        self.predictor = predictor or Predictor.load(
-            settings.model.dir, settings.model.device, runtime=settings.model.runtime
-        )
+        # Loaded under the model thread's name: the runtime's thread pools (ONNX Runtime starts its
+        # own here) inherit it, so /proc and the benchmarks count them as the model.
+        with named_os_thread("swatch-model"):
+            self.predictor = predictor or Predictor.load(
+                settings.model.dir, settings.model.device, runtime=settings.model.runtime
+            )
         logger.info(
             "serving model %s with the %s runtime on %s, %d threads (runtime setting %s)",
             self.predictor.model_id,
