@@ -11,13 +11,19 @@ another timeout.
 Calls from concurrent listings are coalesced: lookups that arrive within a millisecond go to Redis
 as one MGET, writes as one pipeline, so a burst of a few hundred listings costs a few round trips
 on a handful of connections rather than a connection and a round trip each.
+
+Predictions are stored in a compact binary format (see ``FORMAT`` below: head names, who computed
+it, probabilities in millionths), exact to the 6 decimals the worker rounds to; the JSON entries
+earlier versions wrote are read too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,9 +62,11 @@ class Cached:
     probabilities: Probabilities
     by: str | None = None
 
+
 COALESCE_S = 0.001  # calls arriving within this window share one round trip
 MAX_BATCH = 512  # callers per round trip
 MAX_CONNECTIONS = 16
+
 
 def version_key_prefix(version_prefix: str, namespace: str = "") -> str:
     """Prefix of the keys holding each listing's last published version, in a deployment's namespace.
@@ -330,12 +338,68 @@ class RedisStore:
         return result
 
 
-def _encode(cached: Cached) -> str:
-    return json.dumps({"p": cached.probabilities, "by": cached.by}, separators=(",", ":"))  # rounded already
+# -- the prediction cache's values --------------------------------------------------------------
+#
+# Format 1, little-endian: u8 1 | u32 length of ``by`` (0xFFFFFFFF: None) | ``by`` in UTF-8 | u16 head
+# count N | u16 length of the names | the head names in UTF-8, NUL-separated | N x u16 value counts |
+# one i32 per probability, in millionths. Each entry names its heads: reading needs no taxonomy.
+# Millionths are exact: round(p, 6) == k / 1e6 for k = round(p * 1e6) (both correctly rounded), so a
+# cached answer equals a fresh one. What the format cannot hold (non-finite values or beyond +-2147,
+# NUL in a name, over 65535 heads or values per head) is written as JSON, as old entries were; both
+# are read.
+FORMAT = 1
+_NO_OWNER = 0xFFFFFFFF
+_OWNER = struct.Struct("<BI")
+_LAYOUT = struct.Struct("<HH")
+_MAX_MILLIONTHS = 2**31 - 1
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_bytes(names: tuple[str, ...], counts: tuple[int, ...]) -> bytes | None:
+    """The layout part of an entry for these heads, or None when format 1 cannot hold them."""
+    packed = "\0".join(names).encode()
+    if (
+        any("\0" in name for name in names)
+        or len(names) > 0xFFFF
+        or len(packed) > 0xFFFF
+        or max(counts, default=0) > 0xFFFF
+    ):
+        return None
+    return _LAYOUT.pack(len(names), len(packed)) + packed + struct.pack(f"<{len(counts)}H", *counts)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(raw: bytes) -> tuple[tuple[str, ...], tuple[int, ...], struct.Struct]:
+    """Head names, value counts and the values' struct of a layout part."""
+    heads, length = _LAYOUT.unpack_from(raw)
+    names = tuple(raw[_LAYOUT.size : _LAYOUT.size + length].decode().split("\0")) if heads else ()
+    counts = struct.unpack_from(f"<{heads}H", raw, _LAYOUT.size + length)
+    if len(names) != heads:
+        raise ValueError("the head names do not match the head count")
+    return names, counts, struct.Struct(f"<{sum(counts)}i")
+
+
+def _encode(cached: Cached) -> bytes:
+    probs = cached.probabilities  # rounded already
+    layout = _layout_bytes(tuple(probs), tuple(len(v) for v in probs.values()))
+    try:
+        flat = [round(p * 1e6) for values in probs.values() for p in values]
+    except (OverflowError, ValueError):  # inf, NaN
+        layout = None
+    if layout is None or (flat and max(map(abs, flat)) > _MAX_MILLIONTHS):
+        return json.dumps({"p": probs, "by": cached.by}, separators=(",", ":")).encode()
+    owner = b"" if cached.by is None else cached.by.encode()
+    head = _OWNER.pack(FORMAT, _NO_OWNER if cached.by is None else len(owner))
+    return head + owner + layout + struct.pack(f"<{len(flat)}i", *flat)
 
 
 def _decode(raw: bytes | str) -> Cached:
-    data = json.loads(raw)
+    if isinstance(raw, bytes) and raw[:1] == bytes([FORMAT]):
+        try:
+            return _decode_binary(raw)
+        except struct.error as exc:
+            raise ValueError(f"truncated entry: {exc}") from exc
+    data = json.loads(raw)  # the format before 1
     if not isinstance(data, dict):
         raise ValueError("expected an object")
     if "p" in data:  # head keys always hold a dot ("group.attribute"), so "p" and "by" cannot clash
@@ -343,3 +407,20 @@ def _decode(raw: bytes | str) -> Cached:
         return Cached(rounded(data["p"]), str(by) if by is not None else None)
     return Cached(rounded(data))  # written before entries said who computed them
 
+
+def _decode_binary(raw: bytes) -> Cached:
+    _, owner_length = _OWNER.unpack_from(raw)
+    at = _OWNER.size + (0 if owner_length == _NO_OWNER else owner_length)
+    by = None if owner_length == _NO_OWNER else raw[_OWNER.size : at].decode()
+    heads, length = _LAYOUT.unpack_from(raw, at)
+    end = at + _LAYOUT.size + length + 2 * heads
+    names, counts, values = _layout(raw[at:end])
+    if len(raw) - end != values.size:
+        raise ValueError(f"{len(raw) - end} bytes of values, not {values.size}")
+    flat = [k / 1e6 for k in values.unpack_from(raw, end)]
+    probs: Probabilities = {}
+    start = 0
+    for name, count in zip(names, counts, strict=True):
+        probs[name] = flat[start : start + count]
+        start += count
+    return Cached(probs, by)

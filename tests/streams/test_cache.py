@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from streams.cache import Cached, RedisStore
+from streams.cache import FORMAT, Cached, RedisStore, rounded
 from streams.config import RedisSettings
 from streams.metrics import WorkerMetrics
 from tests.chaos.harness import RedisServer
@@ -79,3 +81,35 @@ def test_redis_down_is_a_miss_and_caching_resumes_within_seconds_of_its_return(s
 
     resumed = asyncio.run(main())
     assert resumed < 3.0, f"caching resumed {resumed:.1f}s after Redis came back"
+
+
+def _first_byte(client: redis.Redis, key: str) -> bytes:
+    value = client.get(key)
+    assert isinstance(value, bytes)
+    return value[:1]
+
+
+def test_entries_are_written_compact_and_old_json_entries_still_read(server: RedisServer) -> None:
+    """A worker of this version reads what older workers wrote into the same Redis, and writes format 1."""
+    old = {"apparel.colour": [0.1234567891, 0.8765432109], "apparel.type": [1.0, 0.0, 0.5]}
+    fresh = rounded(old)
+
+    async def main() -> None:
+        store, metrics, _ = _store(server.url)
+        raw = redis.Redis.from_url(server.url)
+        raw.set(store.prediction_key("old"), json.dumps({"p": old, "by": "L1@1"}, separators=(",", ":")))
+        raw.set(store.prediction_key("older"), json.dumps(old))
+        raw.set(store.prediction_key("broken"), b"\x01\x00")
+        await store.put_predictions({"new": old, "old": PROBS}, by="L2@1")
+        assert _first_byte(raw, store.prediction_key("new")) == bytes([FORMAT])
+        assert _first_byte(raw, store.prediction_key("old")) == b"{", "SET NX: the first answer stays as written"
+        assert await store.get_predictions(["new", "old", "older", "broken"]) == {
+            "new": Cached(fresh, by="L2@1"),
+            "old": Cached(fresh, by="L1@1"),
+            "older": Cached(fresh),
+        }
+        assert metrics.value("swatch_cache_lookups_total", {"result": "miss"}) == 1, "unreadable is a miss"
+        raw.close()
+        await store.close()
+
+    asyncio.run(main())
