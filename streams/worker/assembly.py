@@ -190,7 +190,7 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
     poller = asyncio.get_running_loop().create_task(_serve_producer(clients), name="producer-poll")
     chain.push_async_callback(_cancel, poller)
     w.health.ready = True
-    w.health.detail = f"model {w.model_id}"
+    w.health.detail = f"model {w.model_id} ({w.predictor.runtime})"
     logger.info(
         "worker %s consuming %s with model %s (metrics on port %s)",
         w.worker_id,
