@@ -265,6 +265,10 @@ class OnnxRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
+        # Idle intra-op threads sleep instead of spinning: in the worker they share the cores with
+        # decoding and the event loop, and spinning took them (worker cold, 2 cores: +19 % listings/s
+        # with spinning off, BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own (non-exported) exception types

@@ -189,6 +189,13 @@ class BatchSettings(_Section):
     max_in_flight: int = Field(
         512, ge=1, le=100_000, description="Listings in flight before partitions are paused (backpressure)."
     )
+    concurrency: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Batches run at once, each on its own model thread with SWATCH_MODEL_THREADS threads: on a "
+        "busy CPU, 2 batches of 1 thread each keep the cores fuller than 1 batch of 2 threads.",
+    )
 
 
 class FetchSettings(_Section):

@@ -113,6 +113,7 @@ def run_pipeline(
         _summed([c for _, c in before]), _summed([c for _, c in after]), finished - collected.publish_started
     )
     latencies = collected.latencies_s(run.topics.attributes)
+    steady = _steady_rate(sorted(ts for _, ts in collected.first.values()))
     result = {
         "benchmark": "pipeline" if program == "worker" else "baseline",
         "workload": workload,
@@ -124,6 +125,7 @@ def run_pipeline(
         "dead_letters": sum(1 for t, _ in collected.first.values() if t == run.topics.dlq),
         "seconds": round(seconds, 2),
         "listings_per_s": round(len(work.records) / seconds, 1),
+        "steady_outputs_per_s": round(steady, 1),  # between the 10th and the 90th percentile output
         "images_inferred": int(inferred),
         "images_inferred_per_s": round(inferred / seconds, 1),
         "latency_s": quantiles(latencies),
@@ -145,6 +147,14 @@ def run_pipeline(
             len(work.records) / max(1e-6, collected.publish_finished - collected.publish_started), 1
         )
     return result
+
+
+def _steady_rate(times_ms: list[int]) -> float:
+    """Outputs per second between the 10th and the 90th percentile output (no ramp-up, no tail)."""
+    if len(times_ms) < 10:
+        return 0.0
+    first, last = len(times_ms) // 10, len(times_ms) * 9 // 10
+    return (last - first) / max(1e-3, (times_ms[last] - times_ms[first]) / 1000)
 
 
 def _wait_joined(procs: list[Watched], partitions: int, timeout_s: float = 90.0) -> float:

@@ -116,6 +116,7 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
         settings.batch.max_size,
         settings.batch.max_wait_ms / 1000,
         on_batch=w.batch_done,
+        concurrency=settings.batch.concurrency,
     )
     batcher.start()
     chain.push_async_callback(batcher.close)

@@ -82,3 +82,48 @@ def test_close_cancels_running_and_waiting_callers() -> None:
                 await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
+
+
+def test_concurrent_batches_run_on_their_own_model_threads() -> None:
+    import threading
+
+    running: list[int] = []
+    peak: list[int] = []
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def slow(batch: torch.Tensor) -> list[float]:
+        with lock:
+            running.append(1)
+            peak.append(len(running))
+            names.add(threading.current_thread().name)
+        time.sleep(0.1)
+        with lock:
+            running.pop()
+        return _rows(batch)
+
+    async def main() -> list[float]:
+        batcher = MicroBatcher(slow, max_size=2, max_wait_s=0.01, concurrency=2)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(torch.full((1, 1, 1), float(i))) for i in range(8)))
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(main()) == [float(i) for i in range(8)]
+    assert max(peak) == 2 and len(names) == 2
+
+
+def test_closing_cancels_every_batch_in_flight() -> None:
+    async def main() -> None:
+        batcher = MicroBatcher(lambda b: time.sleep(0.3) or _rows(b), max_size=1, max_wait_s=0.0, concurrency=2)
+        batcher.start()
+        calls = [asyncio.ensure_future(batcher.submit(torch.zeros(1, 1, 1))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await batcher.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="concurrency"):
+        MicroBatcher(_rows, max_size=1, max_wait_s=0.0, concurrency=0)
