@@ -1,11 +1,13 @@
 """Micro-batching: images from any listing and partition share model batches.
 
 A batch runs when it holds ``max_size`` images or when its first image has waited ``max_wait_s``.
-``concurrency`` batches run at a time (default one), each on its own model thread (the model
-releases the GIL), while the next one fills; so a busy model gets full batches and an idle one
-answers a lone image after at most ``max_wait_s``. On a busy CPU two single-threaded batches keep
-the cores fuller than one batch on two threads, whose threads wait for each other whenever one is
-descheduled.
+``concurrency`` model threads (default one) each take their own batch from one thread-safe queue,
+run it and hand the rows back to the event loop; so a busy model gets full batches and an idle one
+answers a lone image after at most ``max_wait_s``. The event loop is never between two batches: a
+model thread collects its next batch itself, and :meth:`MicroBatcher.run` has the decode thread
+that preprocessed an image queue it for the model directly, so neither a batch nor an image waits
+for a busy loop. On a busy CPU two single-threaded batches keep the cores fuller than one batch on
+two threads, whose threads wait for each other whenever one is descheduled.
 
 A batch that raises is run again one image at a time, so an image that makes the model fail (a
 poison input) fails only its own caller, not every listing that happened to share its batch.
@@ -14,20 +16,54 @@ poison input) fails only its own caller, not every listing that happened to shar
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
 
-from streams.threads import named_pool
+from streams.errors import SwatchError
+from streams.threads import set_os_thread_name
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+class PrepareError(SwatchError):
+    """Preparing an image (``prepare`` of :meth:`MicroBatcher.run`) raised ``original``; the model never saw it."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+@dataclass(eq=False)
+class _Item(Generic[R]):
+    tensor: torch.Tensor
+    future: asyncio.Future[R]
+    loop: asyncio.AbstractEventLoop
+
+    def settle(self, row: R | None = None, exc: BaseException | None = None) -> None:
+        """Answer the caller on its own loop (from any thread); a caller that gave up is skipped."""
+        self.loop.call_soon_threadsafe(_settle, self.future, row, exc)
+
+
+def _settle(future: asyncio.Future[R], row: R | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(row)  # type: ignore[arg-type]
+
+
+_STOP = None
 
 
 class MicroBatcher(Generic[R]):
@@ -45,120 +81,138 @@ class MicroBatcher(Generic[R]):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self._infer = infer
-        self.concurrency = concurrency
         self.max_size = max_size
         self.max_wait_s = max_wait_s
+        self.concurrency = concurrency
         self._on_batch = on_batch or (lambda size, seconds: None)
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[R]]] = asyncio.Queue()
-        self._executor = named_pool(concurrency, "swatch-model")
-        self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._queue: queue.Queue[_Item[R] | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._in_flight: set[_Item[R]] = set()
+        self._closed = False
 
     def start(self) -> None:
-        """Start the batching loop on the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+        """Start the model threads."""
+        for i in range(self.concurrency):
+            thread = threading.Thread(target=self._serve, name=f"swatch-model_{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def close(self) -> None:
-        """Stop batching; queued callers get a CancelledError."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for task in list(self._running):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            future.cancel()
-        self._executor.shutdown(wait=True)
+        """Stop batching: queued callers and those of the batches in flight get a CancelledError."""
+        self._closed = True
+        for item in list(self._in_flight):
+            item.loop.call_soon_threadsafe(item.future.cancel)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._join)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item.loop.call_soon_threadsafe(item.future.cancel)
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join()
 
     async def submit(self, tensor: torch.Tensor) -> R:
         """Queue one (3, S, S) input; returns its row of the batch's result."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((tensor, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        if self._closed:
+            future.cancel()
+        else:
+            self._queue.put(_Item(tensor, future, loop))
         return await future
 
-    async def _run(self) -> None:
+    async def run(self, prepare: Callable[[], torch.Tensor], pool: Executor) -> R:
+        """``prepare()`` on ``pool``, whose thread queues the tensor for the model; returns its row.
+
+        A failure of ``prepare`` is raised as :class:`PrepareError` (the model never saw the image).
+        """
         loop = asyncio.get_running_loop()
-        free = asyncio.Semaphore(self.concurrency)
+        future: asyncio.Future[R] = loop.create_future()
+
+        def job() -> None:
+            try:
+                tensor = prepare()
+            except BaseException as exc:  # handed to the caller, whatever it is
+                loop.call_soon_threadsafe(_settle, future, None, PrepareError(exc))
+                return
+            if self._closed:
+                loop.call_soon_threadsafe(future.cancel)
+            else:
+                self._queue.put(_Item(tensor, future, loop))
+
+        pool.submit(job)
+        return await future
+
+    # -- the model threads ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        set_os_thread_name("swatch-model")
         while True:
-            await free.acquire()  # a model thread is free: collect its batch (the queue filled meanwhile)
-            try:
-                live = await self._collect(loop)
-            except BaseException:
-                free.release()
-                raise
-            if not live:
-                free.release()
-                continue
-            task = loop.create_task(self._execute(live), name="model-batch")
-            self._running.add(task)
-            task.add_done_callback(functools.partial(self._finished, free))
+            batch = self._collect()
+            if batch is None:
+                return
+            live = [item for item in batch if not item.future.done()]  # callers that gave up need no answer
+            if live:
+                self._execute(live)
 
-    def _finished(self, free: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        free.release()
-
-    async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[tuple[torch.Tensor, asyncio.Future[R]]]:
-        batch = [await self._queue.get()]
-        deadline = loop.time() + self.max_wait_s
+    def _collect(self) -> list[_Item[R]] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        if self._closed:  # closing: what is still queued is cancelled, not run
+            first.loop.call_soon_threadsafe(first.future.cancel)
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_size:
-            if not self._queue.empty():  # take what is queued without a timer per image
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+            remaining = deadline - time.monotonic()
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
                 break
-        return [(t, f) for t, f in batch if not f.done()]  # callers cancelled meanwhile need no answer
+            if item is None:  # closing: run what we have, and let the next round see the stop
+                self._queue.put(_STOP)
+                break
+            batch.append(item)
+        return batch
 
-    async def _execute(self, live: list[tuple[torch.Tensor, asyncio.Future[R]]]) -> None:
+    def _execute(self, live: list[_Item[R]]) -> None:
+        self._in_flight.update(live)
+        try:
+            self._run_batch(live)
+        finally:
+            self._in_flight.difference_update(live)
+
+    def _run_batch(self, live: list[_Item[R]]) -> None:
         started = time.perf_counter()
         try:
-            rows = await self._run_batch(live)
-        except asyncio.CancelledError:  # closing: callers of the batch in flight get a CancelledError too
-            for _, future in live:
-                future.cancel()
-            raise
+            rows = self._infer(torch.stack([item.tensor for item in live]))
         except Exception as exc:  # a model failure fails this batch's callers, not the batcher
             logger.warning("model batch of %d failed (%s: %s)", len(live), type(exc).__name__, exc)
-            await self._one_by_one(live, exc)
+            self._one_by_one(live, exc)
             return
         self._on_batch(len(live), time.perf_counter() - started)
-        for (_, future), row in zip(live, rows, strict=True):
-            if not future.done():
-                future.set_result(row)
+        for item, row in zip(live, rows, strict=True):
+            item.settle(row)
 
-    async def _run_batch(self, items: Sequence[tuple[torch.Tensor, asyncio.Future[R]]]) -> Sequence[R]:
-        tensors = [t for t, _ in items]
-        # stacking copies the whole batch: on the model thread, not the event loop
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._stack_and_infer, tensors)
-
-    def _stack_and_infer(self, tensors: list[torch.Tensor]) -> Sequence[R]:
-        return self._infer(torch.stack(tensors))
-
-    async def _one_by_one(self, items: Sequence[tuple[torch.Tensor, asyncio.Future[R]]], first: Exception) -> None:
+    def _one_by_one(self, items: Sequence[_Item[R]], first: Exception) -> None:
         """After a failed batch, each image alone: only the ones that fail by themselves get the error."""
         if len(items) == 1:
-            _, future = items[0]
-            if not future.done():
-                future.set_exception(first)
+            items[0].settle(exc=first)
             return
-        for tensor, future in items:
-            if future.done():
-                continue
+        for item in items:
             started = time.perf_counter()
             try:
-                (row,) = await self._run_batch([(tensor, future)])
+                (row,) = self._infer(item.tensor.unsqueeze(0))
             except Exception as exc:
                 logger.exception("model failed on one image of a failed batch")
-                if not future.done():
-                    future.set_exception(exc)
+                item.settle(exc=exc)
                 continue
             self._on_batch(1, time.perf_counter() - started)
-            if not future.done():
-                future.set_result(row)
+            item.settle(row)

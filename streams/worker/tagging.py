@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -29,6 +30,7 @@ from typing import Protocol
 
 import torch
 
+from streams.batcher import PrepareError
 from streams.cache import Cached, rounded
 from streams.combine import ImageOutcome
 from streams.errors import SwatchError
@@ -71,8 +73,12 @@ class PredictionStore(Protocol):
 class Batcher(Protocol):
     """Runs preprocessed images through the model in micro-batches."""
 
-    async def submit(self, tensor: torch.Tensor) -> Probabilities:
-        """One image's probabilities; raises when the model failed on its batch."""
+    async def run(self, prepare: Callable[[], torch.Tensor], pool: Executor) -> Probabilities:
+        """``prepare()`` on ``pool``, then the image's probabilities.
+
+        Raises :class:`streams.batcher.PrepareError` when ``prepare`` failed, anything else when
+        the model failed on the image's batch.
+        """
 
 
 @dataclass(frozen=True)
@@ -238,13 +244,13 @@ class ImageTagger:
         return out
 
     async def _infer(self, data: bytes, owner: str) -> Computed:
-        loop = asyncio.get_running_loop()
+        # The decode thread that preprocesses the image queues it for the model itself.
         try:
-            tensor = await loop.run_in_executor(self._decode_pool, self._preprocess, data)
-        except ImageError as exc:
-            return Computed(None, "DECODE_FAILED", str(exc))  # clipped with every echoed text in streams.events
-        try:
-            probs = await self._batcher.submit(tensor)
+            probs = await self._batcher.run(functools.partial(self._preprocess, data), self._decode_pool)
+        except PrepareError as exc:
+            if isinstance(exc.original, ImageError):  # clipped with every echoed text in streams.events
+                return Computed(None, "DECODE_FAILED", str(exc.original))
+            raise exc.original from None  # a bug in preprocessing, not the model's failure
         except asyncio.CancelledError:
             raise
         except Exception as exc:

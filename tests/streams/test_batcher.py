@@ -114,16 +114,44 @@ def test_concurrent_batches_run_on_their_own_model_threads() -> None:
     assert max(peak) == 2 and len(names) == 2
 
 
-def test_closing_cancels_every_batch_in_flight() -> None:
+def test_closing_cancels_the_batches_in_flight_and_the_queued_ones() -> None:
     async def main() -> None:
         batcher = MicroBatcher(lambda b: time.sleep(0.3) or _rows(b), max_size=1, max_wait_s=0.0, concurrency=2)
         batcher.start()
-        calls = [asyncio.ensure_future(batcher.submit(torch.zeros(1, 1, 1))) for _ in range(3)]
+        calls = [asyncio.ensure_future(batcher.submit(torch.zeros(1, 1, 1))) for _ in range(4)]
         await asyncio.sleep(0.05)
         await batcher.close()
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        with pytest.raises(asyncio.CancelledError):
+            await batcher.submit(torch.zeros(1, 1, 1))
 
     asyncio.run(main())
     with pytest.raises(ValueError, match="concurrency"):
         MicroBatcher(_rows, max_size=1, max_wait_s=0.0, concurrency=0)
+
+
+def test_run_prepares_on_the_pool_and_reports_a_failed_preparation_apart() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streams.batcher import PrepareError
+
+    def prepare_bad() -> torch.Tensor:
+        raise OSError("cannot identify image file")
+
+    async def main() -> None:
+        batcher = MicroBatcher(_rows, max_size=4, max_wait_s=0.01)
+        batcher.start()
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                rows = await asyncio.gather(
+                    *(batcher.run(lambda i=i: torch.full((1, 1, 1), float(i)), pool) for i in range(6))
+                )
+                assert rows == [float(i) for i in range(6)]
+                with pytest.raises(PrepareError) as caught:
+                    await batcher.run(prepare_bad, pool)
+                assert isinstance(caught.value.original, OSError)
+            finally:
+                await batcher.close()
+
+    asyncio.run(main())

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from confluent_kafka import KafkaError
 
+from streams.batcher import PrepareError
 from streams.cache import Cached, rounded
 from streams.codec import Codec
 from streams.combine import resolve_thresholds
@@ -106,6 +107,13 @@ class FakeBatcher:
     probabilities: dict[str, list[float]]
     fail: int = 0
     calls: int = 0
+
+    async def run(self, prepare: Callable[[], torch.Tensor], pool: Executor) -> dict[str, list[float]]:
+        try:
+            tensor = await asyncio.get_running_loop().run_in_executor(pool, prepare)
+        except Exception as exc:
+            raise PrepareError(exc) from exc
+        return await self.submit(tensor)
 
     async def submit(self, tensor: torch.Tensor) -> dict[str, list[float]]:
         self.calls += 1
