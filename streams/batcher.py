@@ -77,6 +77,7 @@ class MicroBatcher(Generic[R]):
         *,
         on_batch: Callable[[int, float], None] | None = None,
         concurrency: int = 1,
+        warm_up: Callable[[], object] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -86,16 +87,26 @@ class MicroBatcher(Generic[R]):
         self.concurrency = concurrency
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._queue: queue.Queue[_Item[R] | None] = queue.Queue()
+        self._warm_up = warm_up
+        self._warm: list[threading.Event] = []
         self._threads: list[threading.Thread] = []
         self._in_flight: set[_Item[R]] = set()
         self._closed = False
 
     def start(self) -> None:
-        """Start the model threads."""
+        """Start the model threads (each runs ``warm_up`` first, see :meth:`wait_warm`)."""
         for i in range(self.concurrency):
-            thread = threading.Thread(target=self._serve, name=f"swatch-model_{i}", daemon=True)
+            warm = threading.Event()
+            thread = threading.Thread(target=self._serve, args=(warm,), name=f"swatch-model_{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+            self._warm.append(warm)
+
+    async def wait_warm(self) -> None:
+        """Wait until every model thread has run ``warm_up`` (first calls allocate and plan; they are slow)."""
+        loop = asyncio.get_running_loop()
+        for warm in self._warm:
+            await loop.run_in_executor(None, warm.wait)
 
     async def close(self) -> None:
         """Stop batching: queued callers and those of the batches in flight get a CancelledError."""
@@ -107,11 +118,11 @@ class MicroBatcher(Generic[R]):
         await asyncio.get_running_loop().run_in_executor(None, self._join)
         while True:
             try:
-                item = self._queue.get_nowait()
+                left = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
-                item.loop.call_soon_threadsafe(item.future.cancel)
+            if left is not None:
+                left.loop.call_soon_threadsafe(left.future.cancel)
 
     def _join(self) -> None:
         for thread in self._threads:
@@ -151,8 +162,15 @@ class MicroBatcher(Generic[R]):
 
     # -- the model threads ----------------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, warm: threading.Event) -> None:
         set_os_thread_name("swatch-model")
+        try:
+            if self._warm_up is not None:
+                self._warm_up()
+        except Exception:  # a model that cannot run fails its first batch instead, with the reason
+            logger.exception("model warm-up failed")
+        finally:
+            warm.set()
         while True:
             batch = self._collect()
             if batch is None:

@@ -11,8 +11,12 @@ assignment (no group to join) and keeps each key's first output and its broker t
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,10 +27,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.codec import Codec, now_millis
 from streams.config import Settings, TopicSettings
-from streams.embedded import Endpoints, services
-from streams.images_server import ImageServer
+from streams.embedded import Endpoints, free_port, services
 from streams.kafka import admin_config, consumer_config, producer_config
-from streams.perf.workload import Catalog, Plan, catalog, make_catalog
+from streams.perf.workload import SPARE_IMAGES, Catalog, Plan, catalog, make_catalog
 from streams.topics import create_topics, topic_specs
 
 EMBEDDED_SESSION_TIMEOUT_MS = 6000  # the embedded broker forms a group after about this long
@@ -64,11 +67,30 @@ class Collected:
     publish_started: float = 0.0  # wall clock seconds
     publish_finished: float = 0.0
 
-    def latencies_s(self, topic: str) -> list[float]:
-        """Event time to output, per listing whose first output went to ``topic``."""
+    def latencies_s(self, topic: str, after_s: float = 0.0) -> list[float]:
+        """Event time to output per listing whose first output went to ``topic``, sent ``after_s`` into the run."""
+        start = min(self.sent_ms.values(), default=0) + after_s * 1000
         return sorted(
-            (ts - self.sent_ms[key]) / 1000 for key, (t, ts) in self.first.items() if t == topic and key in self.sent_ms
+            (ts - self.sent_ms[key]) / 1000
+            for key, (t, ts) in self.first.items()
+            if t == topic and key in self.sent_ms and self.sent_ms[key] >= start
         )
+
+    def timeline(self, topic: str, bucket_s: float = 1.0) -> list[list[float]]:
+        """Per ``bucket_s`` of send time: [seconds since the first send, listings, p50 and max latency]."""
+        if not self.sent_ms:
+            return []
+        start = min(self.sent_ms.values())
+        buckets: dict[int, list[float]] = {}
+        for key, (t, ts) in self.first.items():
+            if t == topic and key in self.sent_ms:
+                sent = self.sent_ms[key]
+                buckets.setdefault(int((sent - start) / 1000 / bucket_s), []).append((ts - sent) / 1000)
+        out = []
+        for b in sorted(buckets):
+            values = sorted(buckets[b])
+            out.append([round(b * bucket_s, 1), len(values), round(values[len(values) // 2], 3), round(values[-1], 3)])
+        return out
 
     def last_output_s(self) -> float:
         """Wall-clock seconds of the last first-output."""
@@ -89,9 +111,9 @@ class Rig:
 
     def __enter__(self) -> Rig:
         self.endpoints = self._stack.enter_context(services(self.settings))
-        manifest = make_catalog(self.scratch / "catalog", self.catalog_size, self.seed)
-        server = self._stack.enter_context(ImageServer(manifest.parent))
-        self.catalog = catalog(manifest, server.base_url, self.seed)
+        manifest = make_catalog(self.scratch / "catalog", self.catalog_size + SPARE_IMAGES, self.seed)
+        base_url = self._stack.enter_context(_image_server(manifest.parent, self.scratch / "image-server.log"))
+        self.catalog = catalog(manifest, base_url, self.seed)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,6 +158,7 @@ class Rig:
         producer = Producer(producer_config(settings.kafka) | {"linger.ms": 2})
         codec = Codec()
         topic = run.topics.listings
+        producer.list_topics(topic, timeout=10)  # learn the leaders before the clock starts
         collected.publish_started = time.time()
         started = time.monotonic()
         for i, record in enumerate(plan.records):
@@ -156,10 +179,46 @@ class Rig:
 
 
 @contextlib.contextmanager
+def _image_server(root: Path, log: Path) -> Iterator[str]:
+    """``swatch serve-images`` in its own process, as a CDN is another machine: its GIL and garbage
+    collector are not the benchmark's (in-process, a collection in the benchmark stalled every
+    image download for half a second)."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "streams", "serve-images", str(root), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(base_url + "manifest.csv", timeout=1):  # noqa: S310
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the image server did not start; see {log}") from None
+                    time.sleep(0.05)
+            yield base_url
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@contextlib.contextmanager
 def collecting(rig: Rig, topics: list[str], collected: Collected) -> Iterator[threading.Event]:
     """Collect outputs of ``topics`` into ``collected`` on a thread until the block ends."""
     settings = rig.kafka_settings()
-    consumer = Consumer(consumer_config(settings.kafka, group_id=f"bench-collector-{uuid.uuid4().hex[:6]}"))
+    group = f"bench-collector-{uuid.uuid4().hex[:6]}"
+    # short fetch waits: the embedded broker answers a long-polling fetch only when its wait is over,
+    # and other clients' requests queued behind it
+    consumer = Consumer(consumer_config(settings.kafka, group_id=group) | {"fetch.wait.max.ms": 10})
     metadata = consumer.list_topics(timeout=10)
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata.topics[t].partitions])
     stop = threading.Event()

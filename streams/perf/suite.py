@@ -149,6 +149,7 @@ def ratios(model: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> d
         "pipeline_dup80_vs_baseline": round(dup80["listings_per_s"] / runs["baseline_dup80"]["listings_per_s"], 2),
         "latency_p99_s_at_half_load": runs["pipeline_half_load"]["latency_s"]["p99"],
         "latency_p50_s_at_half_load": runs["pipeline_half_load"]["latency_s"]["p50"],
+        "latency_p99_s_at_half_load_after_2s": runs["pipeline_half_load"]["latency_steady_s"]["p99"],
         "worker_peak_rss_mb": max(r["worker_peak_rss_mb"] for r in worker_runs),
         "ready_s": max(r["joined_s"] for r in worker_runs),
         "model_best": best,

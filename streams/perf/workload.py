@@ -65,8 +65,10 @@ def plan(kind: str, source: Catalog, listings: int, *, run: str, seed: int = 0) 
     """``listings`` events of workload ``kind`` (cold, dup80 or soak), ids unique to ``run``."""
     rng = random.Random(seed)  # noqa: S311 - a workload, not a secret
     if kind == "cold":
-        if listings > len(source.records):
-            raise ValueError(f"cold needs {listings} unique images; the catalog has {len(source.records)}")
+        if listings > len(source.records) - SPARE_IMAGES:
+            raise ValueError(
+                f"cold needs {listings} unique images and {SPARE_IMAGES} spares; the catalog has {len(source.records)}"
+            )
         records = [_listing(r, f"{run}-{i}") for i, r in enumerate(source.records[:listings])]
         return Plan(kind, records, listings)
     if kind not in ("dup80", "soak"):
@@ -81,13 +83,13 @@ def plan(kind: str, source: Catalog, listings: int, *, run: str, seed: int = 0) 
             records.append(_listing(source.records[0], f"{run}-{i}", url))
             continue
         if i % 5 == 0 or used == 0:
-            base = source.records[used % len(source.records)]  # soak wraps around: cached by then
+            base = source.records[used % (len(source.records) - SPARE_IMAGES)]  # soak wraps around: cached by then
             used += 1
             records.append(_listing(base, f"{run}-{i}"))
         else:
-            earlier = source.records[rng.randrange(min(used, len(source.records)))]
+            earlier = source.records[rng.randrange(min(used, len(source.records) - SPARE_IMAGES))]
             records.append(_listing(earlier, f"{run}-{i}"))
-    return Plan(kind, records, min(used, len(source.records)), malformed)
+    return Plan(kind, records, min(used, len(source.records) - SPARE_IMAGES), malformed)
 
 
 def _listing(base: dict[str, Any], listing_id: str, url: str | None = None) -> dict[str, Any]:
@@ -96,3 +98,24 @@ def _listing(base: dict[str, Any], listing_id: str, url: str | None = None) -> d
         record["image_urls"] = [url]
         record["declared_attributes"] = {}
     return record
+
+
+WARM_UP_LISTINGS = 48
+SPARE_IMAGES = 16
+
+
+def warm_up_plan(source: Catalog, run: str) -> Plan:
+    """Listings that go through every step before a run and are not counted: the catalog's spare image.
+
+    The rig renders :data:`SPARE_IMAGES` more images than any plan uses; the warm-up listings use
+    only those, so no measured image is cached by them. Their burst opens the image connections,
+    starts the thread pools and runs the batch shapes a run will use.
+    """
+    spares = source.records[-SPARE_IMAGES:]
+    records = [_listing(spares[i % len(spares)], f"{run}-warm-up-{i}") for i in range(WARM_UP_LISTINGS)]
+    return Plan("warm-up", records, len(spares))
+
+
+def warm_keys(plan: Plan) -> list[bytes]:
+    """The Kafka keys of a plan's listings."""
+    return [str(r["listing_id"]).encode() for r in plan.records]

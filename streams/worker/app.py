@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -139,6 +140,11 @@ class Worker:
         async with contextlib.AsyncExitStack() as chain:
             try:
                 consumer_loop = await start_parts(self, chain)
+                # Half a million objects live from start-up (torch, the runtime, the model): a full
+                # collection walks them all (0.2-0.7 s), and the first one came while the first
+                # listings waited. Frozen, later collections only look at what was made since.
+                gc.collect()
+                gc.freeze()
                 if consumer_loop is not None:
                     await self._consume(consumer_loop)
             except (FatalError, WorkerError) as exc:

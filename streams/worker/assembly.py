@@ -5,7 +5,8 @@ Start order, like faust's ``BootStrategy`` (the stop order is its reverse):
 1. the health server (first up, last down: probes answer during start-up and draining) and the
    event loop's heartbeat;
 2. the Redis store (prediction cache and version store; fails open);
-3. the micro-batcher (model thread), the image source and the decode and registry thread pools;
+3. the micro-batcher (model threads, warmed up with a full batch before anything is consumed), the
+   image source and the decode and registry thread pools;
 4. the codec: with a registry, every output subject is registered (with its compatibility level)
    before anything is consumed; an unreachable registry is waited for, a refusal stops the worker;
 5. the version gate, the pipeline, the delivery mode, the job runner and the consumer loop;
@@ -18,8 +19,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
+
+import torch
 
 from streams.batcher import MicroBatcher
 from streams.cache import RedisStore
@@ -117,9 +121,11 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
         settings.batch.max_wait_ms / 1000,
         on_batch=w.batch_done,
         concurrency=settings.batch.concurrency,
+        warm_up=lambda: _warm_up(w.predictor, settings.batch.max_size),
     )
     batcher.start()
     chain.push_async_callback(batcher.close)
+    await batcher.wait_warm()
     images = w.image_source or ImageFetcher(settings.fetch, observer=w, url_cache=True)
     await images.start()
     chain.push_async_callback(images.close)
@@ -200,6 +206,16 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
         w.metrics_port,
     )
     return consumer_loop
+
+
+def _warm_up(predictor: Predictor, max_size: int) -> None:
+    """A full batch twice and a lone image, on the model thread: the first calls of a runtime (and of
+    each batch shape) allocate and plan, and took a second or more of the first listings' latency."""
+    size = predictor.preprocess_config.image_size
+    started = time.perf_counter()
+    for n in (max_size, max_size, 1):
+        predictor.probabilities(torch.zeros(n, 3, size, size))
+    logger.info("model warmed up in %.2fs", time.perf_counter() - started)
 
 
 async def _prepare_schemas(w: WorkerParts, pool: ThreadPoolExecutor) -> bool:

@@ -105,7 +105,17 @@ class KafkaClients:
         producer = self._producer_factory(conf)
         if self.transactional_id is not None:
             producer.init_transactions(30)
+        self._learn_output_topics(producer)
         return producer
+
+    def _learn_output_topics(self, producer: Producer) -> None:
+        """Fetch the output topics' metadata now, not with the first listing's outputs (a round trip each)."""
+        topics = self.settings.topics
+        for topic in (topics.attributes, topics.review, topics.dlq):
+            try:
+                producer.list_topics(topic, timeout=2)
+            except Exception as exc:  # best effort: the first produce learns it anyway
+                logger.debug("no metadata for %s yet: %s", topic, exc)
 
     def _new_consumer(
         self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback, on_lost: RebalanceCallback

@@ -30,7 +30,7 @@ def _catalog(n: int) -> Catalog:
 
 
 def test_cold_gives_every_listing_its_own_image() -> None:
-    work = plan("cold", _catalog(50), 40, run="r")
+    work = plan("cold", _catalog(60), 40, run="r")
     urls = [r["image_urls"][0] for r in work.records]
     assert len(set(urls)) == 40 == work.unique_images
     assert len({r["listing_id"] for r in work.records}) == 40
