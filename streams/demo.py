@@ -48,6 +48,7 @@ from tagger.synth import SynthConfig, generate_catalog
 logger = logging.getLogger(__name__)
 
 DEMO_SESSION_TIMEOUT_MS = 6000  # the embedded broker forms a group after about this long
+EMBEDDED_FETCH_WAIT_MS = 10  # the embedded broker holds each fetch for the whole wait
 
 
 @dataclass
@@ -243,6 +244,7 @@ def _demo_settings(settings: Settings, bootstrap: str, redis_url: str, embedded_
     kafka.update(bootstrap=bootstrap, group_id=f"swatch-demo-{run_id}")
     if embedded_kafka:
         kafka["session_timeout_ms"] = DEMO_SESSION_TIMEOUT_MS
+        kafka["fetch_wait_max_ms"] = EMBEDDED_FETCH_WAIT_MS
     fetch = settings.fetch.model_dump()
     fetch["allow_networks"] = [*fetch["allow_networks"], "127.0.0.0/8"]  # the demo's own image server
     worker = settings.worker.model_dump()

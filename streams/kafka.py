@@ -69,6 +69,7 @@ def consumer_config(kafka: KafkaSettings, group_id: str | None = None, bootstrap
             "session.timeout.ms": kafka.session_timeout_ms,
             # Three heartbeats per session timeout, so one lost heartbeat does not evict the member.
             "heartbeat.interval.ms": max(100, kafka.session_timeout_ms // 3),
+            "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
         }
     )
     conf.update(kafka.extra)

@@ -33,6 +33,7 @@ from streams.perf.workload import SPARE_IMAGES, Catalog, Plan, catalog, make_cat
 from streams.topics import create_topics, topic_specs
 
 EMBEDDED_SESSION_TIMEOUT_MS = 6000  # the embedded broker forms a group after about this long
+EMBEDDED_FETCH_WAIT_MS = 10  # it holds each fetch for the whole wait: at 500 ms, p50 0.30 s instead of 0.13 s
 
 
 @dataclass
@@ -131,6 +132,7 @@ class Rig:
         kafka = self.settings.kafka.model_dump() | {"bootstrap": self.endpoints.kafka_bootstrap}
         if self.embedded_kafka:
             kafka["session_timeout_ms"] = EMBEDDED_SESSION_TIMEOUT_MS
+            kafka["fetch_wait_max_ms"] = EMBEDDED_FETCH_WAIT_MS
         redis = self.settings.redis.model_dump() | {"url": self.endpoints.redis_url}
         return self.settings.model_copy(
             update={"kafka": type(self.settings.kafka)(**kafka), "redis": type(self.settings.redis)(**redis)}
@@ -216,9 +218,7 @@ def collecting(rig: Rig, topics: list[str], collected: Collected) -> Iterator[th
     """Collect outputs of ``topics`` into ``collected`` on a thread until the block ends."""
     settings = rig.kafka_settings()
     group = f"bench-collector-{uuid.uuid4().hex[:6]}"
-    # short fetch waits: the embedded broker answers a long-polling fetch only when its wait is over,
-    # and other clients' requests queued behind it
-    consumer = Consumer(consumer_config(settings.kafka, group_id=group) | {"fetch.wait.max.ms": 10})
+    consumer = Consumer(consumer_config(settings.kafka, group_id=group))
     metadata = consumer.list_topics(timeout=10)
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata.topics[t].partitions])
     stop = threading.Event()

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from streams.batcher import MicroBatcher
+from streams.batcher import MicroBatcher, default_max_size
 from streams.cache import RedisStore
 from streams.codec import Codec
 from streams.config import Settings
@@ -115,13 +115,14 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
         on_state=w.redis_state,
     )
     chain.push_async_callback(store.close)
+    max_size = settings.batch.max_size or default_max_size(w.predictor.device.type)
     batcher: MicroBatcher[dict[str, list[float]]] = MicroBatcher(
         w.predictor.probabilities,
-        settings.batch.max_size,
+        max_size,
         settings.batch.max_wait_ms / 1000,
         on_batch=w.batch_done,
         concurrency=settings.batch.concurrency,
-        warm_up=lambda: _warm_up(w.predictor, settings.batch.max_size),
+        warm_up=lambda: _warm_up(w.predictor, max_size),
     )
     batcher.start()
     chain.push_async_callback(batcher.close)

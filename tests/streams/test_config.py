@@ -20,7 +20,7 @@ def test_defaults_need_no_configuration() -> None:
     settings = load_settings()
     assert settings.kafka.bootstrap is None and settings.redis.url is None
     assert settings.topics.attributes == "listing-attributes"
-    assert settings.batch.max_size == 32
+    assert settings.batch.max_size is None  # chosen per device: streams.batcher.default_max_size
     assert settings.fetch.allow_networks == ()
 
 
