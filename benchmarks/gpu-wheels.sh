@@ -4,8 +4,8 @@
 # the embedded broker and Redis binaries, what the schema-registry client imports), for its
 # Python 3.12 on x86-64, at this venv's versions.
 # torch, timm, numpy, pillow, aiohttp, prometheus-client, typer, rich, onnxruntime come with the
-# GPU image (/work/.library/device/KINDS.md). About 37 MB; .whl/ is git-ignored locally:
-#   echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu-wheels.sh
+# GPU image (/work/.library/device/KINDS.md). About 37 MB:
+#   bash benchmarks/gpu-wheels.sh   (.whl/ is in .gitignore; the device tool carries it: carry [".whl"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
