@@ -65,6 +65,7 @@ class Collected:
 
     first: dict[bytes, tuple[str, int]] = field(default_factory=dict)
     sent_ms: dict[bytes, int] = field(default_factory=dict)
+    publish_failures: int = 0
     publish_started: float = 0.0  # wall clock seconds
     publish_finished: float = 0.0
 
@@ -76,6 +77,11 @@ class Collected:
             for key, (t, ts) in self.first.items()
             if t == topic and key in self.sent_ms and self.sent_ms[key] >= start
         )
+
+    def delivered(self, err: Any, _message: Any) -> None:
+        """Delivery report of a published event: failures are counted (the run then stops)."""
+        if err is not None:
+            self.publish_failures += 1
 
     def timeline(self, topic: str, bucket_s: float = 1.0) -> list[list[float]]:
         """Per ``bucket_s`` of send time: [seconds since the first send, listings, p50 and max latency]."""
@@ -169,15 +175,19 @@ class Rig:
                 if delay > 0:
                     time.sleep(delay)
             if i in plan.malformed_at:
-                producer.produce(topic, plan.malformed_at[i], key=f"{record['listing_id']}-malformed".encode())
+                malformed_key = f"{record['listing_id']}-malformed".encode()
+                producer.produce(topic, plan.malformed_at[i], key=malformed_key, on_delivery=collected.delivered)
             sent = now_millis()
             value = codec.encode("listing_event", dict(record, event_time=sent), topic=topic)
             key = str(record["listing_id"]).encode()
             collected.sent_ms[key] = sent
-            producer.produce(topic, value, key=key)
+            producer.produce(topic, value, key=key, on_delivery=collected.delivered)
             producer.poll(0)
-        producer.flush(30)
+        left = producer.flush(30)
+        collected.publish_failures += left
         collected.publish_finished = time.time()
+        if collected.publish_failures:
+            raise RuntimeError(f"{collected.publish_failures} listing events were not delivered to {topic}")
 
 
 @contextlib.contextmanager
@@ -242,11 +252,23 @@ def collecting(rig: Rig, topics: list[str], collected: Collected) -> Iterator[th
         consumer.close()
 
 
-def wait_outputs(collected: Collected, expected: int, timeout_s: float, alive: Any = None) -> bool:
-    """Wait until ``expected`` keys have an output (True) or the time is up or ``alive()`` is False."""
+STALL_S = 120.0  # no new output for this long: the run is over, whatever is missing
+
+
+def wait_outputs(
+    collected: Collected, expected: int, timeout_s: float, alive: Any = None, stall_s: float = STALL_S
+) -> bool:
+    """Wait until ``expected`` keys have an output (True), or the time is up, ``alive()`` is False or no
+    output came for ``stall_s`` (False). On the embedded broker a long soak once ended that way: after
+    about 14,000 records per partition it stopped answering fetches (100 % CPU), and the run would
+    otherwise have waited for its whole timeout."""
     deadline = time.monotonic() + timeout_s
+    seen, last_change = len(collected.first), time.monotonic()
     while len(collected.first) < expected:
-        if time.monotonic() > deadline or (alive is not None and not alive()):
+        now = time.monotonic()
+        if len(collected.first) != seen:
+            seen, last_change = len(collected.first), now
+        if now > deadline or now - last_change > stall_s or (alive is not None and not alive()):
             return False
         time.sleep(0.05)
     return True
