@@ -231,6 +231,14 @@ def bench_soak_cmd(  # noqa: PLR0917 - typer commands take one argument per opti
     minutes: Annotated[float, typer.Option(min=0.5, help="How long the steady load lasts.")] = 30.0,
     load: Annotated[float, typer.Option(min=0.05, max=1.0, help="Share of the measured cold capacity.")] = 0.7,
     rate: Annotated[float | None, typer.Option(help="Listings/s instead of measuring the capacity first.")] = None,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Partitions of the run's topics: the embedded broker stopped serving fetches after about "
+            "14,000 records per partition (whether the limit is per partition is not known yet).",
+        ),
+    ] = 24,
     model: ModelOpt = None,
     set_: SetOpt = None,
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path("bench-soak.json"),
@@ -241,6 +249,7 @@ def bench_soak_cmd(  # noqa: PLR0917 - typer commands take one argument per opti
     from streams.perf.suite import model_env
 
     settings = _settings()
+    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"partitions": partitions})})
     _quiet()
     env = model_env(model, _overrides(set_))
 
