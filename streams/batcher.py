@@ -168,7 +168,9 @@ class MicroBatcher(Generic[R]):
             else:
                 self._queue.put(_Item(tensor, future, loop))
 
-        pool.submit(job)
+        submitted = pool.submit(job)
+        # a pool shut down before running the job cancels it: so is the caller, instead of waiting forever
+        submitted.add_done_callback(lambda f: f.cancelled() and loop.call_soon_threadsafe(future.cancel))
         return await future
 
     # -- the model threads ----------------------------------------------------------------------
@@ -187,8 +189,11 @@ class MicroBatcher(Generic[R]):
             if batch is None:
                 return
             live = [item for item in batch if not item.future.done()]  # callers that gave up need no answer
-            if live:
-                self._execute(live)
+            try:
+                if live:
+                    self._execute(live)
+            except Exception:  # the thread must outlive a bug here, or the model stops for good
+                logger.exception("model thread: a batch of %d could not be answered", len(live))
 
     def _collect(self) -> list[_Item[R]] | None:
         first = self._queue.get()

@@ -155,3 +155,27 @@ def test_run_prepares_on_the_pool_and_reports_a_failed_preparation_apart() -> No
                 await batcher.close()
 
     asyncio.run(main())
+
+
+def test_a_preparation_the_pool_never_ran_cancels_its_caller() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = MicroBatcher(_rows, max_size=4, max_wait_s=0.01)
+        batcher.start()
+        pool = ThreadPoolExecutor(1)
+        try:
+            pool.submit(gate.wait)  # the pool's only thread is busy
+            call = asyncio.ensure_future(batcher.run(lambda: torch.zeros(1, 1, 1), pool))
+            await asyncio.sleep(0.05)
+            pool.shutdown(wait=False, cancel_futures=True)  # the queued preparation never runs
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(call, 5)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
