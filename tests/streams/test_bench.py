@@ -111,7 +111,7 @@ def test_bench_all_runs_everything_and_computes_the_ratios(tmp_path: Path) -> No
     assert ratios["latency_p99_s_at_half_load"] > 0 and ratios["worker_peak_rss_mb"] > 100
     assert result["baseline_cold"]["outputs"] == 12 and result["baseline_cold"]["dead_letters"] == 0
     dup = result["pipeline_dup80"]
-    assert dup["outputs"] == 40 and dup["images_inferred"] <= 8 < 40
+    assert dup["outputs"] == 40 and dup["images_inferred"] <= 8  # one listing in five brings a new image
     assert result["pipeline_half_load"]["achieved_rate"] > 0
     assert result["machine"]["cpu_count"] >= 1 and result["model"]["best"]["images_per_s"] > 0
 
