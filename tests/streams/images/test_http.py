@@ -313,7 +313,9 @@ def test_waiting_for_a_host_slot_counts_against_the_deadline() -> None:
         async with serving() as server:
             async with ImageFetcher(settings(per_host_concurrency=2, total_timeout_s=0.5, retries=0)) as fetcher:
                 started = time.monotonic()
-                results = await asyncio.gather(*(fetcher.fetch(server.url("/slow-headers")) for _ in range(6)))
+                # distinct URLs: fetches of one URL share one request
+                urls = [server.url(f"/slow-headers?n={i}") for i in range(6)]
+                results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
                 elapsed = time.monotonic() - started
             server.state.release.set()
         assert [r.outcome for r in results] == [FetchOutcome.TIMEOUT] * 6
