@@ -86,6 +86,28 @@ def bench_model(
         for size in batch_sizes:
             batch = torch.stack([samples[i % len(samples)] for i in range(size)])
             configs.append(_Config(runtime, n, size, _caller(predictor, batch, n), []))
+    torch_threads = torch.get_num_threads()
+    try:
+        cpu = _take_turns(configs, seconds)
+    finally:
+        torch.set_num_threads(torch_threads)  # the torch configurations set their own
+    rows = [_row(c) for c in configs]
+    best = max(rows, key=lambda r: r["images_per_s"])
+    torch_rows = [r for r in rows if r["runtime"] == "torch"]
+    return {
+        "benchmark": "model",
+        "model_id": first.model_id,
+        "device": str(first.device),
+        "image_size": first.preprocess_config.image_size,
+        "rows": rows,
+        "best": best,
+        "best_torch": max(torch_rows, key=lambda r: r["images_per_s"]) if torch_rows else None,
+        "cpu": cpu,
+    }
+
+
+def _take_turns(configs: list[_Config], seconds: float) -> dict[str, float]:
+    """Warm every configuration up, then let them take turns until each ran ``seconds``; the CPU used."""
     window = CpuWindow()
     window.start()
     for config in configs:  # warm-up: first calls allocate and (ONNX Runtime) plan
@@ -103,20 +125,7 @@ def bench_model(
                 config.times.append(time.perf_counter() - started)
                 if time.perf_counter() >= turn_end:
                     break
-    cpu = window.stop()
-    rows = [_row(c) for c in configs]
-    best = max(rows, key=lambda r: r["images_per_s"])
-    torch_rows = [r for r in rows if r["runtime"] == "torch"]
-    return {
-        "benchmark": "model",
-        "model_id": first.model_id,
-        "device": str(first.device),
-        "image_size": first.preprocess_config.image_size,
-        "rows": rows,
-        "best": best,
-        "best_torch": max(torch_rows, key=lambda r: r["images_per_s"]) if torch_rows else None,
-        "cpu": cpu,
-    }
+    return window.stop()
 
 
 def _caller(predictor: Predictor, batch: torch.Tensor, threads: int) -> Callable[[], object]:
@@ -127,14 +136,7 @@ def _caller(predictor: Predictor, batch: torch.Tensor, threads: int) -> Callable
             return predictor.probabilities(batch)
 
         return run
-    if predictor.device.type == "cuda":
-
-        def run_cuda() -> object:
-            out = predictor.probabilities(batch)  # .tolist() synchronises
-            return out
-
-        return run_cuda
-    return lambda: predictor.probabilities(batch)
+    return lambda: predictor.probabilities(batch)  # on CUDA, .tolist() synchronises
 
 
 def _row(config: _Config) -> dict[str, Any]:

@@ -11,7 +11,6 @@ batch, the worker's CPU by thread group, peak RSS, and the CPU other processes t
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -207,8 +206,3 @@ def _summed(maps: list[Mapping[str, float]]) -> dict[str, float]:
         for k, v in m.items():
             out[k] = out.get(k, 0.0) + v
     return out
-
-
-def median(values: list[float]) -> float:
-    """The median, 0 for none."""
-    return statistics.median(values) if values else 0.0
