@@ -66,6 +66,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _streams_log_level() -> Iterator[None]:
+    """Commands run in-process (`swatch demo`, `swatch bench ...`) quiet the ``streams`` logger for the
+    rest of their process; give the level back, so later tests still see the logs they check."""
+    logger = logging.getLogger("streams")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def _no_unretrieved_task_exceptions() -> Iterator[None]:
     """A test fails when asyncio reports an exception nobody retrieved while it ran."""
     before = len(UNRETRIEVED.seen)

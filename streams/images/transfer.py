@@ -107,6 +107,11 @@ class HostLimiter:
                     await entry.semaphore.acquire()
             except TimeoutError:
                 raise SlotTimeoutError(host, self._limit) from None
+            if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                # freed in the same instant the wait ran out (its holders' deadlines were ours): the
+                # wait is what used the time, so say so rather than time out at once on the request
+                entry.semaphore.release()
+                raise SlotTimeoutError(host, self._limit)
             try:
                 yield
             finally:

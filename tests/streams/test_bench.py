@@ -71,17 +71,6 @@ def test_quantiles() -> None:
     assert quantiles([])["p99"] == 0.0
 
 
-@pytest.fixture(autouse=True)
-def _streams_log_level() -> object:
-    """The bench commands quiet the ``streams`` logger for their own process; give it back after each test."""
-    import logging
-
-    logger = logging.getLogger("streams")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
 @pytest.fixture
 def bench_env(kafka_bootstrap: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWATCH_KAFKA_BOOTSTRAP", kafka_bootstrap)
