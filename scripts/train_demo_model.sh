@@ -7,6 +7,10 @@
 # The defaults are EfficientNet-B0 at 224 px, sized for one GPU (about five minutes on an H200).
 # The shipped demo model was trained on 2 CPU cores in three runs of this script, each starting
 # from the previous one (INIT_FROM); the README's "Demo model" section has the exact commands.
+#
+# A run stopped part-way (kill -TERM, Ctrl-C, a lost machine) continues with the same variables plus
+# RESUME=1: training checkpoints after every epoch and every CHECKPOINT_EVERY_S seconds (120) within
+# one, so a kill loses at most that; a TERM writes a checkpoint at the next batch and exits 75.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -22,17 +26,26 @@ BUDGET=${TIME_BUDGET_S:-300}
 WORKERS=${WORKERS:-$(nproc)}
 LOADER_WORKERS=${LOADER_WORKERS:-4}
 TRAIN_SEED=${TRAIN_SEED:-1}
+NAME=${NAME:-swatch-b0}
 INIT=()
 if [ -n "${INIT_FROM:-}" ]; then INIT=(--init-from "$INIT_FROM"); fi
 if [ -n "${CONFIG:-}" ]; then INIT+=(--config "$CONFIG"); fi
 if [ "${OVERSAMPLE:-1}" = "0" ]; then INIT+=(--no-oversample); fi
+if [ "${RESUME:-0}" = "1" ]; then INIT+=(--resume); fi
 tagger() { "$PYTHON" -m tagger "$@"; }
 
-tagger synth --n "$N_TRAIN" --seed "$TRAIN_SEED" --out "$RUN/train" --workers "$WORKERS"
-tagger synth --n "$N_HELDOUT" --seed 2 --missing-rate 0 --noise-rate 0 --split test --out "$RUN/heldout" --workers "$WORKERS"
+# A resumed run keeps the catalogs it rendered (same seed, same products).
+if [ "${RESUME:-0}" != "1" ] || [ ! -f "$RUN/train/manifest.csv" ]; then
+  tagger synth --n "$N_TRAIN" --seed "$TRAIN_SEED" --out "$RUN/train" --workers "$WORKERS"
+fi
+if [ "${RESUME:-0}" != "1" ] || [ ! -f "$RUN/heldout/manifest.csv" ]; then
+  tagger synth --n "$N_HELDOUT" --seed 2 --missing-rate 0 --noise-rate 0 --split test --out "$RUN/heldout" \
+    --workers "$WORKERS"
+fi
 tagger train --data "$RUN/train/manifest.csv" --out "$RUN/model" --backbone "$BACKBONE" --image-size "$IMAGE_SIZE" \
   --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --patience 12 --workers "$LOADER_WORKERS" --seed 0 \
-  --name swatch-demo --version "${VERSION:-1.0.0}" --time-budget "$BUDGET" "${INIT[@]}"
+  --name "$NAME" --version "${VERSION:-1.0.0}" --time-budget "$BUDGET" \
+  --checkpoint-every "${CHECKPOINT_EVERY_S:-120}" "${INIT[@]}"
 tagger evaluate --model "$RUN/model" --data "$RUN/heldout/manifest.csv" --split test --json "$RUN/heldout-eval.json" \
   --report "$RUN/heldout-report.html"
 echo "model in $RUN/model; held-out report in $RUN/heldout-eval.json and $RUN/heldout-report.html"

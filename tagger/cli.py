@@ -19,6 +19,8 @@ from tagger.console import ProgressReporter, fail, progress_bars
 from tagger.dataset_cli import dataset_app
 from tagger.errors import TaggerError
 
+STOPPED_EXIT = 75  # `swatch train` stopped by a signal after writing its checkpoint; --resume continues
+
 __all__ = ["bench_app", "calibrate", "evaluate", "explain", "export", "predict", "register", "synth", "train"]
 
 
@@ -77,8 +79,12 @@ def train(
         Path | None, typer.Option(help="Start from this model directory's weights (fine-tuning).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    checkpoint_every: Annotated[
+        float | None, typer.Option(help="Also checkpoint within an epoch every this many seconds (default 120).")
+    ] = None,
 ) -> None:
     """Train a multi-attribute tagger on a catalog manifest; keeps the best epoch by validation macro-F1."""
+    from tagger.checkpoint import TrainStopped
     from tagger.train import TrainConfig
     from tagger.train import train as run_training
 
@@ -101,11 +107,15 @@ def train(
             name=name,
             version=version,
             time_budget_s=time_budget,
+            checkpoint_every_s=checkpoint_every,
             oversample=oversample,
             init_from=str(init_from) if init_from else None,
         )
         with progress_bars() as progress:
             result = run_training(resolved, ProgressReporter(progress), resume=resume)
+    except TrainStopped as exc:  # not a failure: the checkpoint is written; 75 (EX_TEMPFAIL) says "run again"
+        Console(stderr=True).print(f"[yellow]stopped:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(STOPPED_EXIT) from exc
     except TaggerError as exc:
         raise fail(exc) from exc
     Console().print(

@@ -3,8 +3,8 @@
 Configuration comes from the defaults below, then an optional YAML file, then command-line
 overrides; the resolved configuration is written next to the checkpoint (``train_config.yaml``) and
 into the model card. The best epoch by validation mean macro-F1 is kept as the model directory;
-``checkpoint.pt`` (tensors and plain values only, loaded with ``weights_only=True``) makes a run
-resumable.
+``checkpoint.pt`` (see :mod:`tagger.checkpoint`: after every epoch and every
+``checkpoint_every_s`` within one) makes a run resumable, also one stopped mid-epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from tagger.card import ModelCard, load_model, read_card, save_model
+from tagger.checkpoint import StopRequest, TrainStopped, load_checkpoint, save_checkpoint, stop_on_signals
 from tagger.data import (
     CatalogDataset,
     LabelEncoder,
@@ -84,6 +85,7 @@ class TrainConfig:
     oversample_strength: float = 1.6  # augmentation ranges of the repeats, relative to the normal ones
     max_train_batches: int | None = None  # caps each epoch, for smoke tests
     time_budget_s: float | None = None  # stop after the epoch that crosses this wall-clock budget
+    checkpoint_every_s: float = 120.0  # also checkpoint within an epoch this often (a kill loses at most this)
 
     @classmethod
     def resolve(cls, yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -313,11 +315,45 @@ def train_step(
     return loss.detach()
 
 
-def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter: Reporter) -> float:
-    """One pass over the training data; returns the mean loss."""
+class _Progress:
+    """Checkpoints inside an epoch: every ``every_s`` seconds, and at once when a stop is asked."""
+
+    def __init__(self, run: _Run, path: Path, every_s: float, stop: StopRequest) -> None:
+        self.run, self.path, self.every_s, self.stop = run, path, every_s, stop
+        self.last = time.monotonic()
+
+    def save(self, state: dict[str, Any]) -> None:
+        run = self.run
+        parts = {"model": run.model, "optimizer": run.optimizer, "scheduler": run.scheduler}
+        save_checkpoint(self.path, {**parts, "generator": run.generator.get_state()}, state)
+        self.last = time.monotonic()
+
+    def after_step(self, state: dict[str, Any]) -> None:
+        if self.stop:
+            self.save(state)
+            raise TrainStopped(
+                f"stopped by {self.stop.signal_name} in epoch {int(state['epoch']) + 1} after batch "
+                f"{state['step']}; checkpoint in {self.path}: run the same command with --resume to continue"
+            )
+        if time.monotonic() - self.last >= self.every_s:
+            self.save(state)
+            logger.info("checkpoint in epoch %d after batch %d", int(state["epoch"]) + 1, state["step"])
+
+
+def _train_epoch(
+    run: _Run,
+    taxonomy: Taxonomy,
+    label_smoothing: float,
+    reporter: Reporter,
+    *,
+    state: dict[str, Any],
+    progress: _Progress,
+) -> float:
+    """One pass over the training data; returns the mean loss. A pass resumed after ``state["step"]``
+    batches draws only the batches still owed, in a fresh order."""
     run.model.train()
-    total, count = 0.0, 0
-    for step, (batch, batch_targets, repeats) in enumerate(run.loader):
+    done = int(state["step"])
+    for step, (batch, batch_targets, repeats) in enumerate(run.loader, start=done):
         if step >= run.batches:
             break
         strength = torch.where(repeats, run.strength, 1.0)
@@ -335,37 +371,38 @@ def _train_epoch(run: _Run, taxonomy: Taxonomy, label_smoothing: float, reporter
         )
         run.scheduler.step()
         value = float(loss)
-        total, count = total + value, count + 1
+        state.update(step=step + 1, loss_sum=float(state["loss_sum"]) + value)
         reporter.batch_end(value)
-    return total / max(1, count)
-
-
-def _save_checkpoint(run: _Run, state: dict[str, Any], path: Path) -> None:
-    payload = {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "state": state,
-    }
-    torch.save(payload, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)  # a crash mid-write never leaves a half checkpoint
+        progress.after_step(state)
+    return float(state["loss_sum"]) / max(1, int(state["step"]))
 
 
 def _resume(run: _Run, path: Path) -> dict[str, Any]:
     try:
-        checkpoint = torch.load(path, map_location=run.device, weights_only=True)
+        checkpoint = load_checkpoint(path, run.device)
         run.model.load_state_dict(checkpoint["model"])
         run.optimizer.load_state_dict(checkpoint["optimizer"])
         run.scheduler.load_state_dict(checkpoint["scheduler"])
+        if "generator" in checkpoint:
+            run.generator.set_state(checkpoint["generator"].cpu())
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise TrainError(f"cannot resume from {path}: {exc}; delete it to start over") from exc
-    logger.info("resumed from %s after epoch %d", path, checkpoint["state"]["epoch"])
-    return dict(checkpoint["state"])
+    state = dict(checkpoint["state"])
+    logger.info("resumed from %s after epoch %d, batch %d", path, state["epoch"], state["step"])
+    return state
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: bool = False) -> TrainResult:
-    """Train a multi-head tagger as configured; returns the best model's directory and scores."""
-    reporter = reporter or _Silent()
+def train(
+    config: TrainConfig, reporter: Reporter | None = None, *, resume: bool = False, stop: StopRequest | None = None
+) -> TrainResult:
+    """Train a multi-head tagger as configured; returns the best model's directory and scores.
+    Raises :class:`TrainStopped` (checkpoint written) when ``stop`` is set or SIGTERM/SIGINT comes."""
+    stop = stop if stop is not None else StopRequest()
+    with stop_on_signals(stop):
+        return _train(config, reporter or _Silent(), resume, stop)
+
+
+def _train(config: TrainConfig, reporter: Reporter, resume: bool, stop: StopRequest) -> TrainResult:
     started = time.monotonic()
     torch.manual_seed(config.seed)
     out = Path(config.out)
@@ -376,9 +413,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: bool
     train_set, val_set, encoder = build_datasets(config, taxonomy, preprocess)
     run = _setup(config, taxonomy, train_set)
     logger.info("training on %d items, validating on %d, on %s", len(train_set), len(val_set), run.device)
-    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "stale": 0}
+    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "stale": 0, "step": 0, "loss_sum": 0.0}
     if resume and (out / CHECKPOINT).is_file():
         state = _resume(run, out / CHECKPOINT)
+    progress = _Progress(run, out / CHECKPOINT, config.checkpoint_every_s, stop)
     card = ModelCard(
         name=config.name,
         version=config.version,
@@ -390,7 +428,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: bool
     best_val: dict[str, Any] = {}
     for epoch in range(int(state["epoch"]) + 1, config.epochs + 1):
         reporter.epoch_start(epoch, config.epochs, run.batches)
-        loss = _train_epoch(run, taxonomy, config.label_smoothing, reporter)
+        loss = _train_epoch(run, taxonomy, config.label_smoothing, reporter, state=state, progress=progress)
         val = report(*collect_logits(run.model, val_set, run.device), taxonomy)
         score = mean_macro_f1(val)
         improved = score > float(state["best_score"])
@@ -401,8 +439,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: bool
             card = save_model(run.model, card, out, half=config.half_weights)
         else:
             state["stale"] = int(state["stale"]) + 1
-        state["epoch"] = epoch
-        _save_checkpoint(run, state, out / CHECKPOINT)
+        state.update(epoch=epoch, step=0, loss_sum=0.0)
+        progress.save(state)
         lr = run.scheduler.get_last_lr()[0]
         reporter.epoch_end(epoch, {"loss": loss, "val_macro_f1": score, "best": improved, "lr": lr})
         if int(state["stale"]) >= config.patience:
