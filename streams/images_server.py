@@ -11,6 +11,11 @@ size) and ``Last-Modified``, and answers a conditional GET (``If-None-Match``,
 cache takes for a repeated image URL. It sends no ``Cache-Control`` unless asked (``max_age_s``),
 so every repeat is revalidated, which is what the benchmarks measure.
 
+``GET /photo.jpg?copy=N`` serves a copy of a JPEG whose bytes (and so content hash) are new but
+whose picture is the same: a comment segment naming ``N`` goes after the start-of-image marker.
+Long benchmarks use it for an unlimited supply of never-seen images from a finite catalog; each
+copy has its own ``ETag`` and answers its own conditional GET.
+
 Design: :class:`ImageServer` runs an aiohttp application on its own event loop in a daemon thread,
 so synchronous callers (the CLI, the demo, tests) can start and stop it without an event loop of
 their own; the fetcher may run in any other loop, or process, and reach it over TCP. Use it as a
@@ -30,6 +35,7 @@ import ipaddress
 import logging
 import mimetypes
 import threading
+from email.utils import formatdate
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Final, Self
@@ -39,6 +45,8 @@ from aiohttp import web
 __all__ = ["CONTENT_TYPES", "ImageServer"]
 
 logger = logging.getLogger(__name__)
+
+COPY_DIGITS: Final = 9  # ?copy=N: at most a billion copies of one image
 
 CONTENT_TYPES: Final = {
     ".jpg": "image/jpeg",
@@ -203,5 +211,26 @@ class ImageServer:
         headers = {"Content-Type": _content_type(path)}
         if self.max_age_s is not None:
             headers["Cache-Control"] = f"max-age={self.max_age_s}"
+        if "copy" in request.query:
+            return await asyncio.to_thread(_jpeg_copy, path, request, headers)
         # FileResponse sends ETag and Last-Modified and answers If-None-Match / If-Modified-Since with 304
         return web.FileResponse(path, headers=headers)
+
+
+def _jpeg_copy(path: Path, request: web.Request, headers: dict[str, str]) -> web.Response:
+    """``path``'s JPEG with a comment segment naming the copy: new bytes, the same picture."""
+    copy = request.query["copy"]
+    if not copy.isdigit() or len(copy) > COPY_DIGITS:
+        raise web.HTTPBadRequest(text=f"copy must be a number of at most {COPY_DIGITS} digits")
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}-copy{copy}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers={"ETag": etag})
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        raise web.HTTPBadRequest(text="copy= needs a JPEG")
+    comment = f"swatch-copy:{copy}".encode()
+    segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    modified = formatdate(stat.st_mtime, usegmt=True)
+    headers = {**headers, "ETag": etag, "Last-Modified": modified}
+    return web.Response(body=data[:2] + segment + data[2:], headers=headers)

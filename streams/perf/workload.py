@@ -6,6 +6,10 @@
 - ``soak``: ``dup80`` with a share of broken URLs (404, refused by the SSRF guard, not an image)
   and malformed events mixed in, for hours of steady load.
 
+A ``dup80`` or ``soak`` run longer than the catalog goes on with copies of its images (``?copy=N``:
+new bytes, the same picture), so one listing in five brings a never-seen image for the whole run
+and the model keeps working; before, a 30-minute soak had seen every image after two minutes.
+
 Listing events are encoded once up front (a publisher sets each one's ``event_time`` when it sends
 it); keys are the listing ids, which is how outputs are matched back to their listings.
 """
@@ -74,6 +78,7 @@ def plan(kind: str, source: Catalog, listings: int, *, run: str, seed: int = 0) 
     if kind not in ("dup80", "soak"):
         raise ValueError(f"unknown workload {kind!r}: cold, dup80 or soak")
     records, used = [], 0
+    new: list[tuple[dict[str, Any], str]] = []
     malformed: dict[int, bytes] = {}
     for i in range(listings):
         if kind == "soak" and i % 50 == 49:
@@ -83,19 +88,34 @@ def plan(kind: str, source: Catalog, listings: int, *, run: str, seed: int = 0) 
             records.append(_listing(source.records[0], f"{run}-{i}", url))
             continue
         if i % 5 == 0 or used == 0:
-            base = source.records[used % (len(source.records) - SPARE_IMAGES)]  # soak wraps around: cached by then
+            new.append(_image(source, used))
             used += 1
-            records.append(_listing(base, f"{run}-{i}"))
+            records.append(_listing(source.records[0], f"{run}-{i}", new[-1]))
         else:
-            earlier = source.records[rng.randrange(min(used, len(source.records) - SPARE_IMAGES))]
-            records.append(_listing(earlier, f"{run}-{i}"))
-    return Plan(kind, records, min(used, len(source.records) - SPARE_IMAGES), malformed)
+            records.append(_listing(source.records[0], f"{run}-{i}", new[rng.randrange(used)]))
+    return Plan(kind, records, used, malformed)
 
 
-def _listing(base: dict[str, Any], listing_id: str, url: str | None = None) -> dict[str, Any]:
+def _image(source: Catalog, n: int) -> tuple[dict[str, Any], str]:
+    """The ``n``-th new image of a run: the catalog's images in order, then copies of them (new
+    bytes, the same picture: ``?copy=`` of ``swatch serve-images``), so a run of any length keeps
+    bringing images nobody has seen."""
+    usable = len(source.records) - SPARE_IMAGES
+    base = source.records[n % usable]
+    url = str(base["image_urls"][0])
+    return base, url if n < usable else f"{url}?copy={n // usable}"
+
+
+def _listing(
+    base: dict[str, Any], listing_id: str, image: str | tuple[dict[str, Any], str] | None = None
+) -> dict[str, Any]:
+    """A listing like ``base``; ``image`` is a broken URL (nothing declared) or a product and its URL."""
+    if isinstance(image, tuple):
+        base, url = image
+        return dict(base, listing_id=listing_id, event_id=listing_event_id(listing_id, 1), image_urls=[url])
     record = dict(base, listing_id=listing_id, event_id=listing_event_id(listing_id, 1))
-    if url is not None:
-        record["image_urls"] = [url]
+    if image is not None:
+        record["image_urls"] = [image]
         record["declared_attributes"] = {}
     return record
 

@@ -47,6 +47,21 @@ def test_dup80_repeats_four_urls_in_five() -> None:
     assert work.outputs_expected == 1000
 
 
+def test_a_run_longer_than_the_catalog_goes_on_with_copies_of_its_images() -> None:
+    work = plan("dup80", _catalog(40), 1000, run="r")  # 24 usable images (16 are the warm-up's spares)
+    urls = [r["image_urls"][0] for r in work.records]
+    assert work.unique_images == len(set(urls)) == 200, "one listing in five still brings a new image"
+    assert (
+        "http://img/0.jpg?copy=1" in urls
+        and "http://img/7.jpg?copy=8" in urls
+        and "http://img/8.jpg?copy=8" not in urls
+    )
+    copied = next(r for r in work.records if r["image_urls"][0] == "http://img/5.jpg?copy=2")
+    assert copied["listing_id"].startswith("r-") and copied["declared_attributes"] == {}
+    spares = {f"http://img/{i}.jpg" for i in range(24, 40)}
+    assert not any(u.split("?")[0] in spares for u in urls), "the warm-up's spares are never used"
+
+
 def test_soak_mixes_broken_urls_and_malformed_events() -> None:
     work = plan("soak", _catalog(100), 400, run="r")
     urls = [r["image_urls"][0] for r in work.records]

@@ -239,3 +239,29 @@ def test_the_fetchers_url_cache_revalidates_against_the_server(catalog: Path) ->
         assert asyncio.run(fetch_twice(plain.base_url)) == ["miss", "revalidated"]
     with ImageServer(catalog, max_age_s=60) as cached:
         assert asyncio.run(fetch_twice(cached.base_url)) == ["miss", "fresh"]
+
+
+def test_copies_are_new_bytes_of_the_same_picture(server: ImageServer, catalog: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 60)).save(picture, "JPEG")
+    (catalog / "real.jpg").write_bytes(picture.getvalue())
+    bodies = {}
+    for copy in ("1", "2", "1"):
+        status, headers, body = raw_conditional(server.base_url, f"/real.jpg?copy={copy}", {})
+        assert status == 200 and headers["Content-Type"] == "image/jpeg"
+        assert bodies.setdefault(copy, body) == body, "one copy number, one set of bytes"
+        with Image.open(io.BytesIO(body)) as decoded, Image.open(picture) as original:
+            assert decoded.tobytes() == original.tobytes(), "the picture itself is unchanged"
+    assert len({*bodies.values(), picture.getvalue()}) == 3, "every copy hashes differently from the file"
+    status, headers, _ = raw_conditional(server.base_url, "/real.jpg?copy=2", {})
+    etag = {k.lower(): v for k, v in headers.items()}["etag"]
+    assert raw_conditional(server.base_url, "/real.jpg?copy=2", {"If-None-Match": etag})[0] == 304
+    assert raw_conditional(server.base_url, "/real.jpg?copy=3", {"If-None-Match": etag})[0] == 200
+    assert raw_conditional(server.base_url, "/real.jpg?copy=x", {})[0] == 400
+    assert raw_conditional(server.base_url, "/real.jpg?copy=" + "9" * 10, {})[0] == 400
+    assert raw_conditional(server.base_url, "/dresses/dress-002.png?copy=1", {})[0] == 400, "only JPEGs are copied"
+    assert raw_conditional(server.base_url, "/missing.jpg?copy=1", {})[0] == 404
