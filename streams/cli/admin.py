@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from streams.cli.common import (
     _settings,
     _table,
     _terminate_as_interrupt,
+    _wait_for_interrupt,
     app,
     config_app,
     dev_app,
@@ -248,7 +248,7 @@ def dev_up() -> None:
                 _io.out.print(f"export {name}={value}", highlight=False, soft_wrap=True)
             _io.out.print("Ctrl-C stops both.")
             try:
-                threading.Event().wait()
+                _wait_for_interrupt()
             except KeyboardInterrupt:
                 _io.out.print("stopping...")
         _io.out.print("stopped.")
@@ -281,7 +281,7 @@ def serve_images(
             "SWATCH_FETCH_ALLOW_NETWORKS=127.0.0.0/8. Ctrl-C stops.",
             highlight=False,
         )
-        threading.Event().wait()
+        _wait_for_interrupt()
     except KeyboardInterrupt:
         _io.out.print("stopping...")
     finally:

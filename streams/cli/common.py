@@ -95,6 +95,19 @@ def _terminate_as_interrupt() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C, SIGINT or SIGTERM (raised here as KeyboardInterrupt).
+
+    Waits in short slices: the kernel may deliver the signal to any thread (an executor's, the
+    image server's), and then Python runs its handler only when the main thread next wakes; a
+    wait with no timeout never wakes, and the command would sit there (seen: `swatch
+    serve-images` ignoring SIGINT about one start in ten).
+    """
+    stop = threading.Event()
+    while not stop.wait(0.2):
+        pass
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO to stderr.")] = False,
