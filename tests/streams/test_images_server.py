@@ -182,6 +182,30 @@ def test_cli_serve_images(catalog: Path) -> None:
     assert "stopping" in out
 
 
+@pytest.mark.slow
+def test_cli_serve_images_stops_on_sigint_every_time(catalog: Path) -> None:
+    """The kernel may hand SIGINT to any thread; a main thread parked in a wait without a timeout
+    then never ran the handler (about one start in ten before the wait was sliced)."""
+    swatch = Path(sys.executable).with_name("swatch")
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [str(swatch), "serve-images", str(catalog), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().rsplit(" at ", 1)[1].strip()
+        assert raw_get(base_url, "/dress-001.jpg")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("serve-images ignored SIGINT")
+        assert proc.returncode == 0
+
+
 def test_cli_serve_images_refuses_a_missing_directory(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
