@@ -85,14 +85,15 @@ def plan(kind: str, source: Catalog, listings: int, *, run: str, seed: int = 0) 
             malformed[len(records)] = MALFORMED[i // 50 % len(MALFORMED)]
         if kind == "soak" and i % 40 == 39:
             url = REFUSED_URL if i // 40 % 3 == 0 else source.base_url + BROKEN_PATHS[i // 40 % 2]
-            records.append(_listing(source.records[0], f"{run}-{i}", url))
+            records.append(_listing(source.records[0], f"{run}-{i}", url, broken=True))
             continue
         if i % 5 == 0 or used == 0:
             new.append(_image(source, used))
             used += 1
-            records.append(_listing(source.records[0], f"{run}-{i}", new[-1]))
+            base, url = new[-1]
         else:
-            records.append(_listing(source.records[0], f"{run}-{i}", new[rng.randrange(used)]))
+            base, url = new[rng.randrange(used)]
+        records.append(_listing(base, f"{run}-{i}", url))
     return Plan(kind, records, used, malformed)
 
 
@@ -106,16 +107,13 @@ def _image(source: Catalog, n: int) -> tuple[dict[str, Any], str]:
     return base, url if n < usable else f"{url}?copy={n // usable}"
 
 
-def _listing(
-    base: dict[str, Any], listing_id: str, image: str | tuple[dict[str, Any], str] | None = None
-) -> dict[str, Any]:
-    """A listing like ``base``; ``image`` is a broken URL (nothing declared) or a product and its URL."""
-    if isinstance(image, tuple):
-        base, url = image
-        return dict(base, listing_id=listing_id, event_id=listing_event_id(listing_id, 1), image_urls=[url])
+def _listing(base: dict[str, Any], listing_id: str, url: str | None = None, *, broken: bool = False) -> dict[str, Any]:
+    """A listing like ``base`` under a new id, with ``url`` as its image when given; a ``broken``
+    one declares nothing (its outcome is the unusable image alone)."""
     record = dict(base, listing_id=listing_id, event_id=listing_event_id(listing_id, 1))
-    if image is not None:
-        record["image_urls"] = [image]
+    if url is not None:
+        record["image_urls"] = [url]
+    if broken:
         record["declared_attributes"] = {}
     return record
 
