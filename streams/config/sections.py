@@ -285,6 +285,13 @@ class WorkerSettings(_Section):
         description="Threads decoding and resizing images; each decode uses at most 64 MiB "
         "(tagger.decode.MAX_DECODE_BYTES), so decoding needs at most this times 64 MiB.",
     )
+    heap_trim_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="How often freed heap memory is handed back to the kernel (glibc malloc_trim), which keeps "
+        "the RSS flat; 0: never.",
+    )
     listing_retries: int = Field(
         2, ge=0, le=100, description="Retries of a listing whose model batch failed, before it is dead-lettered."
     )

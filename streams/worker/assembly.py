@@ -2,8 +2,8 @@
 
 Start order, like faust's ``BootStrategy`` (the stop order is its reverse):
 
-1. the health server (first up, last down: probes answer during start-up and draining) and the
-   event loop's heartbeat;
+1. the health server (first up, last down: probes answer during start-up and draining), the
+   event loop's heartbeat and the heap trimmer (:mod:`streams.memory`);
 2. the Redis store (prediction cache and version store; fails open);
 3. the micro-batcher (model threads, warmed up with a full batch before anything is consumed), the
    image source and the decode and registry thread pools;
@@ -32,6 +32,7 @@ from streams.config import Settings
 from streams.errors import RegistryUnavailableError
 from streams.images import FetchResult, ImageFetcher
 from streams.kafka import max_message_bytes
+from streams.memory import trim_heap_every
 from streams.metrics import WorkerMetrics
 from streams.threads import named_pool
 from streams.tracker import OffsetTracker
@@ -102,8 +103,7 @@ async def start_parts(w: WorkerParts, chain: contextlib.AsyncExitStack) -> Consu
     await health_server.start()
     chain.push_async_callback(health_server.stop)
     w.metrics_port = health_server.port
-    heartbeat = asyncio.get_running_loop().create_task(_heartbeat(w), name="heartbeat")
-    chain.push_async_callback(_cancel, heartbeat)
+    _start_housekeeping(w, chain)
 
     namespace = settings.topics.attributes  # deployments sharing a Redis do not share versions
     store = RedisStore(
@@ -248,6 +248,16 @@ async def _rewind(consumer_loop: ConsumerLoop) -> None:
     delivery = consumer_loop.delivery
     if isinstance(delivery, Transactional):
         await consumer_loop.clients.call(delivery.rewind_consumer)
+
+
+def _start_housekeeping(w: WorkerParts, chain: contextlib.AsyncExitStack) -> None:
+    """The event loop's heartbeat (for /healthz) and the heap trimmer, cancelled on the way out."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_heartbeat(w), name="heartbeat")]
+    if w.settings.worker.heap_trim_s > 0:
+        tasks.append(loop.create_task(trim_heap_every(w.settings.worker.heap_trim_s), name="heap-trim"))
+    for task in tasks:
+        chain.push_async_callback(_cancel, task)
 
 
 async def _heartbeat(w: WorkerParts) -> None:
