@@ -31,15 +31,21 @@ pytestmark = pytest.mark.integration
 
 
 class FlakyRegistry(MockSchemaRegistryClient):
-    """confluent-kafka's in-memory registry that records compatibility settings and fails on cue."""
+    """confluent-kafka's in-memory registry that records compatibility settings and fails on cue.
+
+    Only the worker's calls fail: the test's own thread (which writes listings and reads the outputs
+    back through the same registry) is never refused, so it cannot use up an outage meant for the
+    worker, nor fail itself where the worker would have retried.
+    """
 
     def __init__(self, conf: dict[str, Any]) -> None:
         super().__init__(conf)
         self.compatibility: dict[str, str] = {}
-        self.unavailable = 0  # the next N calls answer 503
+        self.unavailable = 0  # the worker's next N calls answer 503
+        self._test_thread = threading.get_ident()
 
     def _maybe_fail(self) -> None:
-        if self.unavailable > 0:
+        if self.unavailable > 0 and threading.get_ident() != self._test_thread:
             self.unavailable -= 1
             raise SchemaRegistryError(503, 50301, "Service Unavailable")
 
