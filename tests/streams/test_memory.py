@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -71,3 +72,23 @@ def test_without_malloc_trim_the_trimmer_returns_at_once(monkeypatch: pytest.Mon
     monkeypatch.setattr(memory, "_malloc_trim", None)
     asyncio.run(asyncio.wait_for(memory.trim_heap_every(0.01), timeout=1))
     assert not memory.trim_heap()
+
+
+def test_the_worker_starts_the_trimmer_unless_it_is_set_to_0() -> None:
+    from types import SimpleNamespace
+
+    from streams.config import Settings
+    from streams.worker.assembly import _start_housekeeping
+    from streams.worker.health import HealthState
+
+    async def tasks_started(trim_s: float) -> set[str]:
+        w = SimpleNamespace(settings=Settings(worker={"heap_trim_s": trim_s}), health=HealthState())
+        before = asyncio.all_tasks()
+        async with contextlib.AsyncExitStack() as chain:
+            _start_housekeeping(w, chain)  # type: ignore[arg-type]
+            started = asyncio.all_tasks() - before
+        assert all(task.done() for task in started), "housekeeping outlived its exit stack"
+        return {task.get_name() for task in started}
+
+    assert asyncio.run(tasks_started(10.0)) == {"heartbeat", "heap-trim"}
+    assert asyncio.run(tasks_started(0)) == {"heartbeat"}
