@@ -85,7 +85,7 @@ def test_the_worker_starts_the_trimmer_unless_it_is_set_to_0() -> None:
         w = SimpleNamespace(settings=Settings(worker={"heap_trim_s": trim_s}), health=HealthState())
         before = asyncio.all_tasks()
         async with contextlib.AsyncExitStack() as chain:
-            _start_housekeeping(w, chain)  # type: ignore[arg-type]
+            _start_housekeeping(w, chain)
             started = asyncio.all_tasks() - before
         assert all(task.done() for task in started), "housekeeping outlived its exit stack"
         return {task.get_name() for task in started}
