@@ -25,6 +25,9 @@
 #
 #   PRETRAINED     auto (Lite0 ImageNet weights when available, else scratch) | 0 (from scratch)
 #   BACKBONE_WEIGHTS  a weights file to use instead (any timm backbone given as BACKBONE)
+#   BACKBONE_FROM_MODEL  a Swatch model directory (e.g. tagger/models/demo, the shipped EfficientNet-B0
+#                  trained on the synthetic catalog): its backbone starts training
+#                  (scripts/backbone_weights.py; sets BACKBONE to the model's; RUN_NAME BACKBONE-from-DIR)
 #   BACKBONE       timm name (default tf_efficientnet_lite0; the Lite0 weights only fit that one)
 #   IMAGE_SIZE 128, EPOCHS 6, BATCH 32, LR 1e-3, PATIENCE 3, TIME_BUDGET_S 1500, SEED 0,
 #   LOADER_WORKERS 0, DEVICE auto, RUN_NAME (default lite0-imagenet or scratch)
@@ -61,7 +64,15 @@ step "1. manifest from $SRC"
 DATA="$RUN/data/manifest.csv"
 
 WEIGHTS=()
-if [ -n "${BACKBONE_WEIGHTS:-}" ]; then
+if [ -n "${BACKBONE_FROM_MODEL:-}" ]; then
+  step "2. backbone of the Swatch model $BACKBONE_FROM_MODEL"
+  BACKBONE_WEIGHTS="$RUN/backbones/$(basename "$BACKBONE_FROM_MODEL").safetensors"
+  exported=$("$PYTHON" scripts/backbone_weights.py "$BACKBONE_FROM_MODEL" "$BACKBONE_WEIGHTS")
+  echo "$exported"
+  BACKBONE=$(sed -n 's/^backbone //p' <<<"$exported")
+  WEIGHTS=(--backbone-weights "$BACKBONE_WEIGHTS")
+  RUN_NAME=${RUN_NAME:-$BACKBONE-from-$(basename "$BACKBONE_FROM_MODEL")}
+elif [ -n "${BACKBONE_WEIGHTS:-}" ]; then
   WEIGHTS=(--backbone-weights "$BACKBONE_WEIGHTS")
 elif [ "$PRETRAINED" != 0 ] && [ "$BACKBONE" = tf_efficientnet_lite0 ]; then
   step "2. ImageNet EfficientNet-Lite0 weights"
