@@ -145,10 +145,36 @@ def evaluate(
     except TaggerError as exc:
         raise fail(exc) from exc
     result = evaluation.result
-    table = Table("attribute", "macro F1", "weighted F1", "support", title=f"{result['model_id']} on {split}")
+    table = Table(
+        "attribute",
+        "macro F1",
+        "weighted F1",
+        "support",
+        "threshold",
+        "accepted",
+        title=f"{result['model_id']} on {split}",
+    )
     for head, scores in result["attributes"].items():
-        table.add_row(head, f"{scores['macro_f1']:.3f}", f"{scores['weighted_f1']:.3f}", str(scores["support"]))
+        table.add_row(
+            head,
+            f"{scores['macro_f1']:.3f}",
+            f"{scores['weighted_f1']:.3f}",
+            str(scores["support"]),
+            f"{scores['threshold']:.2f}" if "threshold" in scores else "",
+            f"{scores['coverage_at_target']:.1%}" if "coverage_at_target" in scores else "",
+        )
     Console().print(table)
+    totals = result.get("summary") or {}
+    if totals:
+        line = (
+            f"{totals['heads']} heads: mean macro-F1 {totals['mean_macro_f1']:.3f}, "
+            f"weakest {totals['weakest_head']} {totals['min_macro_f1']:.3f}"
+        )
+        if "accepted_share" in totals:
+            line += f"; {totals['accepted_share']:.1%} of predictions accepted at the card's thresholds"
+            if "accepted_precision" in totals:
+                line += f" (precision {totals['accepted_precision']:.3f})"
+        Console().print(line, soft_wrap=True)  # one line in logs and pipes, whatever the width
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         Console().print(f"report written to {json_path}")

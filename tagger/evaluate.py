@@ -2,10 +2,11 @@
 
 The JSON report is ``{"model_id": ..., "split": ..., "attributes": {HEAD: {"macro_f1", "weighted_f1",
 "support", "per_value": {VALUE: {"precision", "recall", "f1", "support"}}, "ece_before", "ece_after",
-"threshold", "precision_at_target", "coverage_at_target"}}}`` where HEAD is ``group.attribute`` (the
+"threshold", "precision_at_target", "coverage_at_target"}}, "summary": {...}}`` where HEAD is ``group.attribute`` (the
 same attribute name can have different values in different groups). The calibration fields use the
 card's temperature and threshold: ECE without and with the temperature, and the precision and
-coverage (share accepted) of predictions at the threshold.
+coverage (share accepted) of predictions at the threshold. ``summary`` (see :func:`summary`) is the
+mean and weakest macro-F1 and the share of all predictions accepted, what the model targets are.
 """
 
 from __future__ import annotations
@@ -93,6 +94,34 @@ def mean_macro_f1(per_head: dict[str, dict[str, Any]]) -> float:
     return float(np.mean([h["macro_f1"] for h in per_head.values()])) if per_head else 0.0
 
 
+def summary(per_head: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The targets' view of a report: mean and weakest macro-F1, and the share of predictions accepted.
+
+    A head's accepted share is its ``coverage_at_target`` (the predictions at or above the card's
+    threshold; for a multi-label head, the items with a value claimed); over heads it is weighted by
+    support, so it is the share of all (item, head) predictions that would skip review. The
+    precision of the accepted ones is weighted by how many each head accepts.
+    """
+    if not per_head:
+        return {}
+    weakest = min(per_head, key=lambda key: per_head[key]["macro_f1"])
+    out: dict[str, Any] = {
+        "heads": len(per_head),
+        "mean_macro_f1": round(mean_macro_f1(per_head), 4),
+        "min_macro_f1": per_head[weakest]["macro_f1"],
+        "weakest_head": weakest,
+    }
+    calibrated = {k: h for k, h in per_head.items() if "coverage_at_target" in h}
+    support = sum(int(h["support"]) for h in calibrated.values())
+    if support:
+        accepted = {k: float(h["coverage_at_target"]) * int(h["support"]) for k, h in calibrated.items()}
+        out["accepted_share"] = round(sum(accepted.values()) / support, 4)
+        if sum(accepted.values()):
+            precision = sum(float(calibrated[k]["precision_at_target"]) * n for k, n in accepted.items())
+            out["accepted_precision"] = round(precision / sum(accepted.values()), 4)
+    return out
+
+
 def split_like_training(items: Sequence[CatalogItem], card: ModelCard) -> list[CatalogItem]:
     """Give items without a split the one the model's training run gave them (its seed and fractions)."""
     training = card.training or {}
@@ -144,7 +173,13 @@ def run_evaluation(
             heads[key].update(
                 calibration_fields(logits[key], targets[key], attribute, card.temperature(key), card.threshold(key))
             )
-    result = {"model_id": card.model_id, "split": split, "items": len(dataset), "attributes": heads}
+    result = {
+        "model_id": card.model_id,
+        "split": split,
+        "items": len(dataset),
+        "attributes": heads,
+        "summary": summary(heads),
+    }
     return Evaluation(result, card, directory, dataset, root, logits, targets)
 
 

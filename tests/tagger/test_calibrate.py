@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from streams.cli import app
 from tagger.calibrate import fit_temperature, reliability_png
 from tagger.card import read_card
-from tagger.evaluate import evaluate_manifest
+from tagger.evaluate import evaluate_manifest, summary
 from tagger.metrics import expected_calibration_error, outcomes, reliability, threshold_for_precision
 from tagger.synth import SynthConfig, generate_catalog
 from tagger.train import TrainConfig, train
@@ -62,6 +62,20 @@ def test_multi_label_threshold_never_claims_unlikely_values() -> None:
     assert threshold >= 0.5 and precision == 1.0 and coverage == pytest.approx(2 / 3)
 
 
+def test_the_summary_weighs_the_accepted_share_by_support() -> None:
+    heads = {
+        "a.x": {"macro_f1": 0.99, "support": 300, "coverage_at_target": 1.0, "precision_at_target": 0.99},
+        "a.y": {"macro_f1": 0.91, "support": 100, "coverage_at_target": 0.2, "precision_at_target": 1.0},
+        "b.z": {"macro_f1": 0.96, "support": 600},  # no calibration fields: left out of the accepted share
+    }
+    out = summary(heads)
+    assert out["heads"] == 3 and out["weakest_head"] == "a.y" and out["min_macro_f1"] == 0.91
+    assert out["mean_macro_f1"] == pytest.approx((0.99 + 0.91 + 0.96) / 3, abs=1e-4)
+    assert out["accepted_share"] == pytest.approx((300 + 20) / 400)  # predictions, not heads, are counted
+    assert out["accepted_precision"] == pytest.approx((300 * 0.99 + 20 * 1.0) / 320, abs=1e-4)
+    assert summary({}) == {}
+
+
 @pytest.mark.slow
 def test_calibrate_writes_the_card_and_evaluate_reports_it(tmp_path: Path) -> None:
     manifest = generate_catalog(tmp_path / "catalog", SynthConfig(n=120, seed=4))
@@ -108,6 +122,15 @@ def test_calibrate_writes_the_card_and_evaluate_reports_it(tmp_path: Path) -> No
     assert {"ece_before", "ece_after", "threshold", "precision_at_target", "coverage_at_target"} <= set(colour)
     assert colour["threshold"] == card.thresholds["apparel.colour"]
     assert json.dumps(report)
+    assert report["summary"] == summary(report["attributes"])
+    shown = runner.invoke(
+        app,
+        ["evaluate", "--data", str(manifest), "--model", str(result.model_dir), "--split", "val", "--device", "cpu"],
+    )
+    assert shown.exit_code == 0, shown.output
+    totals = report["summary"]
+    assert f"mean macro-F1 {totals['mean_macro_f1']:.3f}" in shown.output
+    assert f"{totals['accepted_share']:.1%} of predictions accepted at the card's thresholds" in shown.output
     page = tmp_path / "eval.html"
     args = ["evaluate", "--data", str(manifest), "--model", str(result.model_dir), "--split", "val"]
     reported = runner.invoke(app, [*args, "--device", "cpu", "--report", str(page), "--gallery", "0"])
