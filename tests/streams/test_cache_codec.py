@@ -11,7 +11,7 @@ import pytest
 
 from streams.cache import DECIMALS, FORMAT, Cached, Probabilities, _decode, _encode, rounded
 
-# The demo model's heads and value counts (swatch-demo@1.2.0): realistic sizes.
+# The demo model's heads and value counts (the same taxonomy for every demo model): realistic sizes.
 HEADS = {
     "apparel.type": 5,
     "apparel.colour": 13,

@@ -33,6 +33,20 @@ def test_demo_model_is_the_default_and_within_size() -> None:
     assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) < 20 * 2**20
 
 
+def test_demo_model_is_the_designs_efficientnet_b0_at_224_px_and_ships_its_held_out_report() -> None:
+    card = read_card(DEMO_MODEL_DIR)
+    assert card.backbone == "efficientnet_b0" and card.preprocess_config().image_size == 224
+    assert card.model_id.startswith("swatch-b0@"), "the model id names the backbone"
+    assert card.thresholds and card.temperatures and card.metrics["calibration"]["split"] == "val"
+    # The committed report must be this model's (a retrained model without a new report would keep
+    # the old one) and show the issue-14 targets: every head >= 0.95 macro-F1, >= 80 % accepted.
+    report = json.loads((DEMO_MODEL_DIR / "heldout_eval.json").read_text(encoding="utf-8"))
+    assert report["model_id"] == card.model_id and report["split"] == "test" and report["items"] == 1500
+    assert set(report["attributes"]) == {key for key, _, _ in card.taxonomy_obj().heads()}
+    assert all(head["threshold"] == card.thresholds[key] for key, head in report["attributes"].items())
+    assert report["summary"]["min_macro_f1"] >= 0.95 and report["summary"]["accepted_share"] >= 0.80
+
+
 def test_demo_model_tags_unseen_products(fresh_products: Path) -> None:
     predictor = Predictor.load(device="cpu")
     items = read_manifest(fresh_products)
