@@ -112,7 +112,8 @@ def test_no_hooks_or_gradients_are_left_behind(demo: Predictor) -> None:
         explanations = explain(demo, _dress(), group="apparel")
     assert len(explanations) == 6
     assert [{name: len(getattr(m, name)) for name in hook_dicts} for m in model.modules()] == before
-    layer = model.backbone.get_submodule("layer4")
+    # the Grad-CAM target layer of whichever backbone the demo model has (EfficientNet-B0: bn2)
+    layer = model.backbone.get_submodule(find_target_layer(model, demo.card.preprocess_config().image_size))
     assert not layer._forward_hooks and not layer._backward_hooks
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
