@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,26 @@ from tagger.preprocess import PreprocessConfig
 from tagger.taxonomy import Taxonomy, load_taxonomy
 
 TINY_SIZE = 64
+
+
+def tiny_demo_script_env(run_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment that runs scripts/train_demo_model.sh (or gpu_train.sh) in seconds: this Python,
+    a 60-product catalog, timm's tiny test backbone at 64 px, one epoch."""
+    return {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "RUN_DIR": str(run_dir),
+        "N_TRAIN": "60",
+        "N_HELDOUT": "30",
+        "BACKBONE": "test_efficientnet",
+        "IMAGE_SIZE": str(TINY_SIZE),
+        "EPOCHS": "1",
+        "BATCH": "16",
+        "LOADER_WORKERS": "0",
+        "WORKERS": "1",
+        "COLUMNS": "200",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")

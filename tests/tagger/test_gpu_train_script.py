@@ -4,33 +4,17 @@ calibrated model directory with both held-out reports, ready to copy into tagger
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from tagger.card import load_model
+from tests.tagger.conftest import tiny_demo_script_env
 
 
 def test_the_gpu_script_brings_back_a_calibrated_model_directory(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "OUT": str(out),
-        "RUN_DIR": str(tmp_path / "run"),
-        "N_TRAIN": "60",
-        "N_HELDOUT": "30",
-        "BACKBONE": "test_efficientnet",
-        "IMAGE_SIZE": "64",
-        "EPOCHS": "1",
-        "BATCH": "16",
-        "LOADER_WORKERS": "0",
-        "WORKERS": "1",
-        "FRESH_SEED": "5",
-        "COLUMNS": "200",
-    }
+    env = tiny_demo_script_env(tmp_path / "run", OUT=str(out), FRESH_SEED="5")
     done = subprocess.run(
         ["bash", str(root / "scripts" / "gpu_train.sh")],
         capture_output=True,

@@ -19,6 +19,7 @@ from tagger.checkpoint import StopRequest, TrainStopped, load_checkpoint
 from tagger.cli import STOPPED_EXIT
 from tagger.synth import SynthConfig, generate_catalog
 from tagger.train import CHECKPOINT, TrainConfig, train
+from tests.tagger.conftest import tiny_demo_script_env
 
 pytestmark = pytest.mark.slow
 
@@ -144,20 +145,7 @@ def test_sigterm_to_swatch_train_stops_with_a_checkpoint_and_resume_finishes(cat
 def test_the_training_script_resumes_a_run_with_resume_1(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "RUN_DIR": str(run),
-        "N_TRAIN": "60",
-        "N_HELDOUT": "30",
-        "BACKBONE": "test_efficientnet",
-        "IMAGE_SIZE": "64",
-        "EPOCHS": "1",
-        "BATCH": "16",
-        "LOADER_WORKERS": "0",
-        "WORKERS": "1",
-        "COLUMNS": "200",
-    }
+    env = tiny_demo_script_env(run)
     script = root / "scripts" / "train_demo_model.sh"
     first = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert first.returncode == 0, first.stderr[-2000:]
