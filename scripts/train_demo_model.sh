@@ -5,7 +5,7 @@
 #   bash scripts/train_demo_model.sh            # with the project's .venv, or PYTHON=python3
 #
 # The defaults are EfficientNet-B0 at 224 px, sized for one GPU (about five minutes on an H200).
-# The shipped demo model (EfficientNet-B0, 224 px) was trained on 2 CPU cores in five runs of this
+# The shipped demo model (EfficientNet-B0, 224 px) was trained on 2 CPU cores in six runs of this
 # script, each starting from the previous one (INIT_FROM) at a growing image size; the README's
 # "Training the demo model in stages on the CPU" has the exact commands and times, and each stage's
 # model directory is in scripts/demo-model/stages/. On a GPU, scripts/gpu_train.sh runs the defaults
